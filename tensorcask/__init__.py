@@ -1,0 +1,62 @@
+"""tensorcask: version control for tensor data that feeds training loops.
+
+>>> import tensorcask as tc
+>>> repo = tc.init("data/mnist-repo", user_name="Ada", user_email="ada@example.org")
+>>> with repo.checkout(write=True) as co:
+...     images = co.add_ndarray_column("images", shape=(28, 28), dtype="uint8")
+...     images.update(keys, batch)
+...     commit_id = co.commit("add images")
+
+Importing tensorcask never imports torch or tensorflow; the loaders live in
+``tensorcask.loaders.torch`` and ``tensorcask.loaders.tensorflow``.
+"""
+
+from .checkout import ReadCheckout, WriteCheckout
+from .columns import Column
+from .errors import (
+    AmbiguousRefError,
+    CaskError,
+    CheckoutClosedError,
+    ConcurrentUpdateError,
+    CorruptionError,
+    DataNotLocalError,
+    MergeConflictError,
+    PurgedDataError,
+    ReadOnlyError,
+    RefNotFoundError,
+    RemoteError,
+    RepositoryNotFoundError,
+    SchemaError,
+    WriterLockError,
+)
+from .history.objects import CommitInfo
+from .maintenance import GCReport, VerifyReport
+from .repository import Repository, init
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AmbiguousRefError",
+    "CaskError",
+    "CheckoutClosedError",
+    "Column",
+    "CommitInfo",
+    "ConcurrentUpdateError",
+    "CorruptionError",
+    "DataNotLocalError",
+    "GCReport",
+    "MergeConflictError",
+    "PurgedDataError",
+    "ReadCheckout",
+    "ReadOnlyError",
+    "RefNotFoundError",
+    "RemoteError",
+    "Repository",
+    "RepositoryNotFoundError",
+    "SchemaError",
+    "VerifyReport",
+    "WriteCheckout",
+    "WriterLockError",
+    "__version__",
+    "init",
+]

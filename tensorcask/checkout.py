@@ -1,0 +1,473 @@
+"""Checkouts: a read-only view of one commit, or the one writer of a branch.
+
+A :class:`ReadCheckout` is pinned to a commit id for its whole life: later
+commits never change what it returns. A :class:`WriteCheckout` holds the
+repository's writer lock, reads the staging area over its base commit, and
+publishes commits. Using either after ``close()``, or a column taken from
+it, raises :class:`~tensorcask.errors.CheckoutClosedError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, MutableMapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import CaskError, CheckoutClosedError, ConcurrentUpdateError, ReadOnlyError, SchemaError
+from .hashing import canonical_dtype
+from .history.objects import ColumnRoot, ColumnSchema, CommitId
+from .history.refs import HEADS
+from .history.staging import DELETED, StagingState
+from .history.tree import EMPTY_ROOT
+from .keys import validate_name
+from .storage.base import Payload
+from .storage.content import ContentStore
+from .storage.lock import WriterLock
+
+if TYPE_CHECKING:
+    from .columns import Column
+    from .repository import Repository
+
+__all__ = ["Checkout", "Columns", "ReadCheckout", "WriteCheckout"]
+
+_BACKENDS = ("memmap", "hdf5", "lmdb")
+_COMPRESSIONS = (None, "gzip", "lzf")
+
+
+class Columns(MutableMapping[str, "Column"]):
+    """The columns of a checkout, by name (``del`` stages a column deletion)."""
+
+    def __init__(self, checkout: Checkout) -> None:
+        self._co = checkout
+
+    def __getitem__(self, name: str) -> Column:
+        return self._co[name]
+
+    def __setitem__(self, name: str, value: Column) -> None:
+        raise TypeError("create columns with add_ndarray_column / add_str_column / add_bytes_column")
+
+    def __delitem__(self, name: str) -> None:
+        if not isinstance(self._co, WriteCheckout):
+            self._co._check_open()
+            raise ReadOnlyError(f"cannot delete column {name!r} through a read-only checkout")
+        self._co.delete_column(name)
+
+    def __iter__(self) -> Iterator[str]:
+        self._co._check_open()
+        return iter(sorted(self._co._columns))
+
+    def __len__(self) -> int:
+        self._co._check_open()
+        return len(self._co._columns)
+
+    def __repr__(self) -> str:
+        return f"<Columns {sorted(self._co._columns)}>"
+
+
+class Checkout:
+    """What both kinds of checkout share."""
+
+    writable = False
+
+    def __init__(self, repo: Repository, commit: CommitId | None, store: ContentStore) -> None:
+        self._repo = repo
+        self._db = repo._db
+        self._history = repo._history
+        self._staging = repo._staging
+        self._store = store
+        self.commit_id = commit
+        self.closed = False
+        self._columns: dict[str, Column] = {}
+        self._load_columns(commit)
+
+    def _load_columns(self, commit: CommitId | None) -> None:
+        from .columns import Column
+
+        self._columns = {
+            name: Column(self, name, root.schema, root.tree, root.count)
+            for name, root in self._history.columns(commit).items()
+        }
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise CheckoutClosedError(
+                "this checkout is closed; open a new one with repo.checkout()"
+            )
+
+    @property
+    def columns(self) -> Columns:
+        """The checkout's columns, by name."""
+        self._check_open()
+        return Columns(self)
+
+    def __getitem__(self, name: str) -> Column:
+        self._check_open()
+        try:
+            return self._columns[name]
+        except KeyError:
+            known = ", ".join(sorted(self._columns)) or "none"
+            raise KeyError(f"no column {name!r} in this checkout (columns: {known})") from None
+
+    def __contains__(self, name: object) -> bool:
+        self._check_open()
+        return name in self._columns
+
+    def close(self) -> None:
+        """Release the checkout. Idempotent."""
+        self.closed = True
+
+    def __enter__(self) -> Checkout:
+        self._check_open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ReadCheckout(Checkout):
+    """A read-only view of one commit.
+
+    Attributes
+    ----------
+    commit_id:
+        The full id of the commit it is pinned to (None for an empty history).
+    """
+
+    def __init__(self, repo: Repository, commit: CommitId | None) -> None:
+        super().__init__(repo, commit, repo._reader_store)
+
+    def __enter__(self) -> ReadCheckout:
+        self._check_open()
+        return self
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"commit={self.commit_id}"
+        return f"<ReadCheckout {state} columns={sorted(self._columns)}>"
+
+
+class WriteCheckout(Checkout):
+    """The single writer of one branch.
+
+    Attributes
+    ----------
+    branch:
+        The branch commits go to.
+    commit_id:
+        The base commit of the staging area (the branch head).
+    """
+
+    writable = True
+
+    def __init__(self, repo: Repository, branch: str) -> None:
+        validate_name(branch, "branch name")
+        self.branch = branch
+        self._lock = WriterLock(repo.path / "writer.lock")
+        self._lock.acquire(f"write checkout of branch {branch!r}")
+        try:
+            state = self._open_staging(repo, branch)
+            store = ContentStore(repo.path / "data", repo._db, writable=True)
+            super().__init__(repo, CommitId(state.base) if state.base else None, store)
+            self._apply_staged_columns(state)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    @staticmethod
+    def _open_staging(repo: Repository, branch: str) -> StagingState:
+        db, staging, refs = repo._db, repo._staging, repo._history.refs
+        with db.write() as txn:
+            head = refs.get(txn, HEADS + branch)
+            if head is None and refs.listing(txn, HEADS):
+                raise CaskError(
+                    f"branch {branch!r} does not exist; create it first with "
+                    f"repo.create_branch({branch!r}) (or `tensorcask branch {branch}`)"
+                )
+            state = staging.state(txn)
+            if state is not None and staging.has_changes(txn):
+                if state.branch != branch:
+                    raise CaskError(
+                        f"branch {state.branch!r} has uncommitted staged changes; commit or reset "
+                        f"them in a write checkout of {state.branch!r} before writing to {branch!r}"
+                    )
+                if state.base != head:
+                    raise CaskError(
+                        f"staged changes of branch {branch!r} were made on commit {state.base} "
+                        f"but the branch now points at {head}; reset the staging area"
+                    )
+            else:
+                state = StagingState(branch, head, {})
+                staging.save_state(txn, state)
+            refs.set_current_branch(txn, branch)
+        return state
+
+    def _apply_staged_columns(self, state: StagingState) -> None:
+        from .columns import Column
+
+        for name, op in state.columns.items():
+            if op["op"] == "delete":
+                self._columns.pop(name, None)
+            else:
+                schema = ColumnSchema.from_dict(op["schema"])
+                self._columns[name] = Column(self, name, schema, EMPTY_ROOT, 0)
+
+    def __enter__(self) -> WriteCheckout:
+        self._check_open()
+        return self
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"branch={self.branch!r} base={self.commit_id}"
+        return f"<WriteCheckout {state} columns={sorted(self._columns)}>"
+
+    def _check_column(self, column: Column) -> None:
+        if self._columns.get(column.name) is not column:
+            raise KeyError(
+                f"column {column.name!r} was deleted or replaced in this checkout; "
+                f"use co[{column.name!r}] to get the current one"
+            )
+
+    # -- columns ---------------------------------------------------------
+
+    def add_ndarray_column(
+        self,
+        name: str,
+        shape: Sequence[int | None] | int,
+        dtype: Any,
+        *,
+        max_shape: Sequence[int] | None = None,
+        backend: str | None = None,
+        compression: str | None = None,
+    ) -> Column:
+        """Create a column of numpy arrays.
+
+        Parameters
+        ----------
+        name:
+            Column name (1-255 UTF-8 bytes, no ``/`` or control characters).
+        shape:
+            Sample shape; ``None`` marks a variable dimension, ``()`` scalars.
+        dtype:
+            Any numpy dtype of booleans or numbers.
+        max_shape:
+            Upper bound per dimension for variable-shape columns.
+        backend:
+            ``"memmap"`` (default for fixed shapes), ``"hdf5"`` (default for
+            variable shapes and compression) or ``"lmdb"``.
+        compression:
+            ``"gzip"`` or ``"lzf"`` (stored in HDF5).
+        """
+        shape_t = (shape,) if isinstance(shape, int) or shape is None else tuple(shape)
+        for d in shape_t:
+            if d is not None and (not isinstance(d, int | np.integer) or isinstance(d, bool) or d < 0):
+                raise SchemaError(f"column {name!r}: shape {shape_t} must hold ints >= 0 or None")
+        shape_t = tuple(None if d is None else int(d) for d in shape_t)
+        try:
+            np_dtype = canonical_dtype(np.dtype(dtype))
+        except TypeError as exc:
+            raise SchemaError(f"column {name!r}: {dtype!r} is not a numpy dtype") from exc
+        if np_dtype.kind not in "biufc" or np_dtype.hasobject:
+            raise SchemaError(
+                f"column {name!r}: dtype {np_dtype} is not supported; use bool or numeric dtypes "
+                "(store text in add_str_column, raw bytes in add_bytes_column)"
+            )
+        bound: tuple[int, ...] | None = None
+        if max_shape is not None:
+            bound = tuple(int(d) for d in max_shape)
+            if len(bound) != len(shape_t):
+                raise SchemaError(
+                    f"column {name!r}: max_shape {tuple(max_shape)} must have the column's rank "
+                    f"{len(shape_t)}"
+                )
+            for fixed, limit in zip(shape_t, bound, strict=True):
+                if fixed is not None and fixed != limit:
+                    raise SchemaError(
+                        f"column {name!r}: max_shape {bound} disagrees with fixed shape {shape_t}"
+                    )
+        if compression not in _COMPRESSIONS:
+            raise SchemaError(f"column {name!r}: compression must be one of {_COMPRESSIONS}")
+        fixed = None not in shape_t
+        if backend is None:
+            backend = "memmap" if fixed and compression is None else "hdf5"
+        if backend not in _BACKENDS:
+            raise SchemaError(f"column {name!r}: backend must be one of {_BACKENDS}")
+        if backend == "memmap" and not fixed:
+            raise SchemaError(f"column {name!r}: the memmap backend needs a fixed shape")
+        if compression is not None and backend != "hdf5":
+            raise SchemaError(f"column {name!r}: compression needs the hdf5 backend")
+        schema = ColumnSchema("ndarray", np_dtype.str, shape_t, bound, backend, compression)
+        return self._add_column(name, schema)
+
+    def add_str_column(self, name: str) -> Column:
+        """Create a column of Python ``str`` values."""
+        return self._add_column(name, ColumnSchema("str"))
+
+    def add_bytes_column(self, name: str) -> Column:
+        """Create a column of Python ``bytes`` values."""
+        return self._add_column(name, ColumnSchema("bytes"))
+
+    def _add_column(self, name: str, schema: ColumnSchema) -> Column:
+        from .columns import Column
+
+        self._check_open()
+        validate_name(name)
+        if name in self._columns:
+            raise ValueError(
+                f"column {name!r} already exists; delete it first with co.delete_column({name!r})"
+            )
+        with self._db.write() as txn:
+            state = self._state(txn)
+            self._staging.drop_column(txn, name)
+            state.columns[name] = {"op": "add", "schema": schema.to_dict()}
+            self._staging.save_state(txn, state)
+        column = Column(self, name, schema, EMPTY_ROOT, 0)
+        self._columns[name] = column
+        return column
+
+    def delete_column(self, name: str) -> None:
+        """Remove column ``name`` (and all its samples) in the next commit."""
+        self._check_open()
+        if name not in self._columns:
+            raise KeyError(f"no column {name!r} in this checkout")
+        with self._db.write() as txn:
+            state = self._state(txn)
+            self._staging.drop_column(txn, name)
+            in_base = name in self._history.columns(self.commit_id)
+            if in_base:
+                state.columns[name] = {"op": "delete"}
+            else:
+                state.columns.pop(name, None)
+            self._staging.save_state(txn, state)
+        self._columns.pop(name)
+
+    def _state(self, txn: Any) -> StagingState:
+        state = self._staging.state(txn)
+        if state is None or state.branch != self.branch:
+            raise CaskError("the staging area changed under this checkout; reopen it")
+        return state
+
+    # -- writes (called by columns) -------------------------------------
+
+    def _write(
+        self,
+        column: Column,
+        raw_keys: list[bytes],
+        payloads: np.ndarray | list[Payload],
+        digests: list[Any],
+    ) -> None:
+        self._lock.check_owned()
+        with self._db.read() as txn:
+            missing = self._store.missing(txn, digests)
+        schema = column.schema
+        entries = self._store.append(schema.backend, schema.compression, payloads, digests, missing)
+        with self._db.write() as txn:
+            self._store.publish(txn, entries)
+            self._staging.put(txn, column.name, raw_keys, digests)
+
+    def _delete(self, column: Column, raw_key: bytes, *, staged_only: bool) -> None:
+        self._lock.check_owned()
+        with self._db.write() as txn:
+            if staged_only:
+                self._db.delete(txn, "staging", column.name.encode() + b"\0" + raw_key)
+            else:
+                self._staging.put(txn, column.name, [raw_key], [DELETED])
+
+    def _flush_all(self) -> None:
+        for column in self._columns.values():
+            column._flush()
+
+    # -- commit / reset --------------------------------------------------
+
+    def commit(self, message: str) -> CommitId:
+        """Record the staged changes as a new commit on :attr:`branch`.
+
+        Returns the new commit's full id. Atomic: after a crash the commit is
+        either wholly there or wholly absent.
+        """
+        self._check_open()
+        if not isinstance(message, str):
+            raise TypeError("the commit message must be a str")
+        self._flush_all()
+        self._lock.check_owned()
+        history = self._history
+        with self._db.read() as txn:
+            state = self._state(txn)
+            edited = self._staging.columns_with_edits(txn)
+            if not edited and not state.columns:
+                raise CaskError(f"nothing to commit on branch {self.branch!r}: no staged changes")
+            edits = {name: self._staging.edits(txn, name) for name in edited}
+        roots = dict(history.columns(self.commit_id))
+        for name, op in state.columns.items():
+            if op["op"] == "delete":
+                roots.pop(name, None)
+            else:
+                roots[name] = ColumnRoot(ColumnSchema.from_dict(op["schema"]), EMPTY_ROOT, 0)
+        for name, column_edits in edits.items():
+            if name not in roots:
+                continue  # edits of a column deleted afterwards
+            old = roots[name]
+            tree = history.tree.update(old.tree, column_edits)
+            roots[name] = ColumnRoot(old.schema, tree, history.tree.count(tree))
+        config = self._repo.config
+        with self._db.write() as txn:
+            parents = (self.commit_id,) if self.commit_id else ()
+            commit = history.new_commit(
+                txn,
+                parents=parents,
+                columns=roots,
+                author=config["user_name"],
+                email=config["user_email"],
+                message=message,
+            )
+            if not history.refs.set_if_equals(txn, HEADS + self.branch, self.commit_id, commit.id):
+                raise ConcurrentUpdateError(
+                    f"branch {self.branch!r} moved while this checkout was writing; "
+                    "reset the staging area and reapply the changes"
+                )
+            self._staging.clear(txn)
+            self._staging.save_state(txn, StagingState(self.branch, commit.id, {}))
+        self.commit_id = commit.id
+        self._reload_columns(roots)
+        return commit.id
+
+    def _reload_columns(self, roots: dict[str, ColumnRoot]) -> None:
+        from .columns import Column
+
+        fresh: dict[str, Column] = {}
+        for name, root in roots.items():
+            column = self._columns.get(name)
+            if column is not None and column.schema == root.schema:
+                column._rebase(root.tree, root.count)
+                fresh[name] = column
+            else:
+                fresh[name] = Column(self, name, root.schema, root.tree, root.count)
+        self._columns = fresh
+
+    def reset_staging_area(self) -> None:
+        """Drop every staged change; the checkout returns to its base commit."""
+        self._check_open()
+        for column in self._columns.values():
+            column._buffer.clear()
+        with self._db.write() as txn:
+            self._staging.clear(txn)
+            self._staging.save_state(txn, StagingState(self.branch, self.commit_id, {}))
+        self._reload_columns(self._history.columns(self.commit_id))
+
+    def close(self) -> None:
+        """Flush buffered writes, seal segments and release the writer lock."""
+        if self.closed:
+            return
+        try:
+            if self._lock.held:
+                self._flush_all()
+        finally:
+            self.closed = True
+            self._store.close()
+            self._lock.release()
+
+    def __del__(self) -> None:
+        if not getattr(self, "closed", True) and getattr(self, "_lock", None) is not None:
+            try:
+                self._store.close()
+                self._lock.release()
+            except Exception:
+                pass

@@ -1,0 +1,335 @@
+"""Columns: named, typed collections of samples inside a checkout.
+
+A :class:`Column` taken from a read checkout reads one commit's records; one
+taken from a write checkout reads the staging area over its base commit and
+also writes. Writes are validated in full before anything is stored, then
+stored in two steps (data appended and fsynced, then one metadata
+transaction publishes content index and staged records), so a crash never
+leaves a record pointing at missing bytes.
+
+Inside ``with column:`` single-sample writes are buffered and flushed as one
+batch when the block exits (or every :data:`BUFFER_SAMPLES` samples).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import CorruptionError, ReadOnlyError
+from .hashing import Digest
+from .history.objects import ColumnSchema
+from .history.staging import DELETED
+from .keys import Key, decode_key, encode_key, encode_keys
+from .samples import Value, from_payload, prepare_batch, prepare_one
+from .storage.base import Location, Payload
+from .storage.content import missing_location_error
+
+if TYPE_CHECKING:
+    from .checkout import Checkout
+
+__all__ = ["BUFFER_SAMPLES", "Column"]
+
+BUFFER_SAMPLES = 8192
+
+
+class Column:
+    """A column of one checkout: mapping-like access to its samples.
+
+    Attributes
+    ----------
+    name:
+        The column's name.
+    kind:
+        ``"ndarray"``, ``"str"`` or ``"bytes"``.
+    """
+
+    def __init__(
+        self, checkout: Checkout, name: str, schema: ColumnSchema, tree: bytes, count: int
+    ) -> None:
+        self._co = checkout
+        self.name = name
+        self.schema = schema
+        self._tree = tree  # record-tree root of the base commit (EMPTY_ROOT if new)
+        self._base_count = count
+        self._len: int | None = None if checkout.writable else count
+        self._buffer: dict[bytes, tuple[Payload, Digest]] = {}
+        self._depth = 0
+
+    # -- description -----------------------------------------------------
+
+    @property
+    def kind(self) -> str:
+        """``"ndarray"``, ``"str"`` or ``"bytes"``."""
+        return self.schema.kind
+
+    @property
+    def dtype(self) -> np.dtype | None:
+        """numpy dtype of an ndarray column (None for str/bytes)."""
+        return None if self.schema.dtype is None else np.dtype(self.schema.dtype)
+
+    @property
+    def shape(self) -> tuple[int | None, ...] | None:
+        """Sample shape; ``None`` marks a variable dimension (None for str/bytes)."""
+        return self.schema.shape
+
+    @property
+    def max_shape(self) -> tuple[int, ...] | None:
+        """Upper bound of each dimension (None when unbounded or not an ndarray)."""
+        if self.schema.fixed:
+            return tuple(d for d in self.schema.shape or () if d is not None)
+        return self.schema.max_shape
+
+    @property
+    def writable(self) -> bool:
+        """Whether this column belongs to a write checkout."""
+        return self._co.writable
+
+    def __repr__(self) -> str:
+        if self._co.closed:
+            return f"<Column {self.name!r} (checkout closed)>"
+        detail = (
+            f"dtype={self.schema.dtype}, shape={self.shape}" if self.kind == "ndarray" else ""
+        )
+        return f"<Column {self.name!r} kind={self.kind} {detail} len={len(self)}>".replace("  ", " ")
+
+    # -- record lookup ---------------------------------------------------
+
+    def _digest_of(self, raw_key: bytes) -> bytes | None:
+        co = self._co
+        if co.writable:
+            self._flush()
+            with co._db.read() as txn:
+                staged = co._staging.get(txn, self.name, raw_key)
+            if staged is not None:
+                return None if staged == DELETED else staged
+        return co._history.tree.get(self._tree, raw_key)
+
+    def _location(self, digest: bytes, key: object) -> Location:
+        co = self._co
+        with co._db.read() as txn:
+            loc = co._store.locate(txn, digest)
+        if loc is None:
+            raise missing_location_error(self.name, key, Digest(digest), co._db.path)
+        return loc
+
+    def _read(self, loc: Location, key: object) -> Payload:
+        try:
+            return self._co._store.read(loc)
+        except CorruptionError as exc:
+            raise self._corruption(exc, key) from exc
+
+    def _corruption(self, exc: CorruptionError, key: object) -> CorruptionError:
+        return CorruptionError(
+            f"column {self.name!r}, key {key!r}: stored bytes in {exc.path} fail their checksum; "
+            "the file was damaged on disk: restore the repository from a clone or backup "
+            "(`tensorcask verify --full` lists every damaged sample)",
+            column=self.name,
+            key=key,
+            path=exc.path,
+        )
+
+    # -- reading ---------------------------------------------------------
+
+    def __getitem__(self, key: Key) -> Value:
+        self._co._check_open()
+        digest = self._digest_of(encode_key(key))
+        if digest is None:
+            raise KeyError(f"key {key!r} is not in column {self.name!r}")
+        return from_payload(self.schema, self._read(self._location(digest, key), key))
+
+    def get(self, key: Key, default: Any = None) -> Any:
+        """The sample stored under ``key``, or ``default``."""
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def get_many(self, keys: Sequence[Key] | np.ndarray) -> np.ndarray | list[Value]:
+        """Several samples at once.
+
+        Returns one stacked array for fixed-shape ndarray columns, else a list.
+        """
+        self._co._check_open()
+        key_list = keys.tolist() if isinstance(keys, np.ndarray) else list(keys)
+        raw = encode_keys(key_list)
+        locs = []
+        for key, raw_key in zip(key_list, raw, strict=True):
+            digest = self._digest_of(raw_key)
+            if digest is None:
+                raise KeyError(f"key {key!r} is not in column {self.name!r}")
+            locs.append(self._location(digest, key))
+        if self.schema.kind == "ndarray" and self.schema.fixed:
+            if not locs:
+                assert self.schema.shape is not None
+                return np.empty((0, *self.schema.shape), dtype=self.schema.np_dtype)
+            try:
+                return self._co._store.read_stacked(locs)
+            except CorruptionError:
+                for key, loc in zip(key_list, locs, strict=True):
+                    self._read(loc, key)  # name the damaged key
+                raise
+        return [
+            from_payload(self.schema, self._read(loc, key))
+            for key, loc in zip(key_list, locs, strict=True)
+        ]
+
+    def digest(self, key: Key) -> str:
+        """Hex content digest of the sample under ``key``."""
+        self._co._check_open()
+        digest = self._digest_of(encode_key(key))
+        if digest is None:
+            raise KeyError(f"key {key!r} is not in column {self.name!r}")
+        return digest.hex()
+
+    def __contains__(self, key: object) -> bool:
+        self._co._check_open()
+        try:
+            raw = encode_key(key)
+        except (TypeError, ValueError):
+            return False
+        return self._digest_of(raw) is not None
+
+    def _raw_keys(self) -> list[bytes]:
+        co = self._co
+        base = [k for leaf in co._history.tree.leaves(self._tree) for k in leaf.keys]
+        if not co.writable:
+            return base
+        self._flush()
+        with co._db.read() as txn:
+            edits = co._staging.edits(txn, self.name)
+        if not edits:
+            return base
+        deleted = {k for k, v in edits if v is None}
+        present = set(base)
+        added = [k for k, v in edits if v is not None and k not in present]
+        keep = [k for k in base if k not in deleted]
+        return sorted(keep + added) if added else keep
+
+    def keys(self) -> list[Key]:
+        """Every key, in sorted order (ints before strs)."""
+        self._co._check_open()
+        return [decode_key(k) for k in self._raw_keys()]
+
+    def __iter__(self) -> Iterator[Key]:
+        return iter(self.keys())
+
+    def values(self) -> Iterator[Value]:
+        """Every sample, in key order."""
+        for key in self.keys():
+            yield self[key]
+
+    def items(self) -> Iterator[tuple[Key, Value]]:
+        """``(key, sample)`` pairs, in key order."""
+        for key in self.keys():
+            yield key, self[key]
+
+    def __len__(self) -> int:
+        self._co._check_open()
+        if self._len is None:
+            self._flush()
+            co = self._co
+            with co._db.read() as txn:
+                edits = co._staging.edits(txn, self.name)
+            n = self._base_count
+            tree = co._history.tree
+            for raw_key, value in edits:
+                in_base = tree.get(self._tree, raw_key) is not None
+                if value is None and in_base:
+                    n -= 1
+                elif value is not None and not in_base:
+                    n += 1
+            self._len = n
+        return self._len
+
+    # -- writing ---------------------------------------------------------
+
+    def _check_writable(self) -> None:
+        self._co._check_open()
+        if not self._co.writable:
+            raise ReadOnlyError(
+                f"column {self.name!r} belongs to a read-only checkout; "
+                "open one with repo.checkout(write=True) to change it"
+            )
+        self._co._check_column(self)
+
+    def __setitem__(self, key: Key, value: Any) -> None:
+        self._check_writable()
+        raw_key = encode_key(key)
+        payload, digest = prepare_one(self.schema, value, self.name, key)
+        if self._depth:
+            self._buffer[raw_key] = (payload, digest)
+            if len(self._buffer) >= BUFFER_SAMPLES:
+                self._flush()
+        else:
+            self._co._write(self, [raw_key], [payload], [digest])
+            self._len = None
+
+    def update(self, data: Mapping[Key, Any] | Sequence[Key] | np.ndarray, values: Any = None) -> None:
+        """Write many samples: ``update(mapping)`` or ``update(keys, batch)``.
+
+        ``update(keys, batch)`` with a stacked array (leading axis = samples)
+        is the fast path for fixed-shape columns. Every value is validated
+        before anything is written.
+        """
+        self._check_writable()
+        if values is None:
+            if not isinstance(data, Mapping):
+                raise TypeError("update() takes a mapping, or keys and a batch of values")
+            keys: list[Any] | np.ndarray = list(data.keys())
+            batch: Any = list(data.values())
+        else:
+            keys = data if isinstance(data, np.ndarray) else list(data)  # type: ignore[arg-type]
+            batch = values
+        raw_keys = encode_keys(keys)
+        if not raw_keys:
+            return
+        payloads, digests = prepare_batch(self.schema, batch, len(raw_keys), self.name)
+        self._flush()
+        self._co._write(self, raw_keys, payloads, digests)
+        self._len = None
+
+    def __delitem__(self, key: Key) -> None:
+        self._check_writable()
+        raw_key = encode_key(key)
+        self._flush()
+        co = self._co
+        in_base = co._history.tree.get(self._tree, raw_key) is not None
+        with co._db.read() as txn:
+            staged = co._staging.get(txn, self.name, raw_key)
+        if staged == DELETED or (staged is None and not in_base):
+            raise KeyError(f"key {key!r} is not in column {self.name!r}")
+        co._delete(self, raw_key, staged_only=not in_base)
+        self._len = None
+
+    def __enter__(self) -> Column:
+        self._check_writable()
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth == 0 and not self._co.closed:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        buffered, self._buffer = self._buffer, {}
+        raw_keys = list(buffered)
+        payloads = [p for p, _ in buffered.values()]
+        digests = [d for _, d in buffered.values()]
+        if self.schema.kind == "ndarray" and self.schema.fixed:
+            stacked: np.ndarray | list[Payload] = np.stack(payloads)  # type: ignore[arg-type]
+        else:
+            stacked = payloads
+        self._co._write(self, raw_keys, stacked, digests)
+        self._len = None
+
+    def _rebase(self, tree: bytes, count: int) -> None:
+        """Point at a new base (after a commit or a reset)."""
+        self._tree = tree
+        self._base_count = count
+        self._len = None

@@ -1,0 +1,128 @@
+"""The tensorcask exception tree.
+
+Every error the library raises on purpose derives from :class:`CaskError`.
+Where a builtin exception describes the same situation, the error also
+derives from it, so that ``except KeyError`` or ``except PermissionError``
+catches what users expect::
+
+    CaskError
+    ├── RepositoryNotFoundError      (+ FileNotFoundError)
+    ├── WriterLockError              (+ PermissionError)
+    ├── ReadOnlyError                (+ PermissionError)
+    ├── CheckoutClosedError
+    ├── SchemaError                  (+ ValueError)
+    ├── RefNotFoundError             (+ KeyError)
+    ├── AmbiguousRefError            (+ KeyError)
+    ├── MergeConflictError
+    ├── CorruptionError
+    ├── PurgedDataError
+    ├── DataNotLocalError
+    ├── ConcurrentUpdateError
+    └── RemoteError
+
+Messages say what happened, to what (column, key, ref, path) and what to do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AmbiguousRefError",
+    "CaskError",
+    "CheckoutClosedError",
+    "ConcurrentUpdateError",
+    "CorruptionError",
+    "DataNotLocalError",
+    "MergeConflictError",
+    "PurgedDataError",
+    "ReadOnlyError",
+    "RefNotFoundError",
+    "RemoteError",
+    "RepositoryNotFoundError",
+    "SchemaError",
+    "WriterLockError",
+]
+
+
+class CaskError(Exception):
+    """Base class of every error tensorcask raises on purpose."""
+
+    def __str__(self) -> str:
+        # KeyError.__str__ quotes its argument; keep messages readable.
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+
+class RepositoryNotFoundError(CaskError, FileNotFoundError):
+    """No tensorcask repository exists at the given path."""
+
+
+class WriterLockError(CaskError, PermissionError):
+    """Another live process holds the repository's writer lock."""
+
+
+class ReadOnlyError(CaskError, PermissionError):
+    """A write was attempted through a read-only checkout or column."""
+
+
+class CheckoutClosedError(CaskError):
+    """A closed checkout, or a column taken from one, was used."""
+
+
+class SchemaError(CaskError, ValueError):
+    """A value does not match its column's kind, dtype or shape."""
+
+
+class RefNotFoundError(CaskError, KeyError):
+    """A branch, tag or commit id does not exist."""
+
+
+class AmbiguousRefError(CaskError, KeyError):
+    """A commit id prefix matches more than one commit."""
+
+
+class MergeConflictError(CaskError):
+    """A merge found conflicting changes; nothing was written.
+
+    ``conflicts`` lists every conflict found, not only the first.
+    """
+
+    def __init__(self, message: str, conflicts: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.conflicts: list[Any] = list(conflicts or [])
+
+
+class CorruptionError(CaskError):
+    """Stored bytes or history do not match their checksum or hash.
+
+    ``column``, ``key`` and ``path`` name the damaged sample where known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        column: str | None = None,
+        key: object = None,
+        path: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.column = column
+        self.key = key
+        self.path = path
+
+
+class PurgedDataError(CaskError):
+    """The requested sample or content was purged from history."""
+
+
+class DataNotLocalError(CaskError):
+    """The data belongs to a partial clone and has not been fetched."""
+
+
+class ConcurrentUpdateError(CaskError):
+    """A ref moved under us (a compare-and-swap lost a race)."""
+
+
+class RemoteError(CaskError):
+    """A remote could not be reached or answered unexpectedly."""

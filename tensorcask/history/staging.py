@@ -1,0 +1,124 @@
+"""The staging area: uncommitted changes of the one branch being written.
+
+Staged changes are persistent: they survive closing the checkout and
+crashes until committed or reset. At most one branch has staged changes at a
+time (opening a writer on another branch is refused while they exist), so one
+table suffices:
+
+* ``staging`` table: ``<column>\\0<encoded key>`` -> digest, or ``b""`` for a
+  staged deletion. LMDB keeps it sorted, so a column's edits come out in key
+  order, ready for :meth:`~tensorcask.history.tree.RecordTree.update`.
+* ``meta["staging"]``: ``{"branch", "base", "columns"}`` where ``columns``
+  maps a column name to ``{"op": "add", "schema": ...}`` (created, or deleted
+  and re-created) or ``{"op": "delete"}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import lmdb
+
+from ..storage.db import MetaDB
+from .objects import ColumnSchema
+from .tree import Edit
+
+__all__ = ["DELETED", "Staging", "StagingState"]
+
+DELETED = b""
+_SEP = b"\0"
+
+
+@dataclass
+class StagingState:
+    """Which branch is staged, on which base commit, and column operations."""
+
+    branch: str
+    base: str | None
+    columns: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def added_schema(self, name: str) -> ColumnSchema | None:
+        """Schema of a column created in staging, if it was."""
+        op = self.columns.get(name)
+        if op is not None and op["op"] == "add":
+            return ColumnSchema.from_dict(op["schema"])
+        return None
+
+
+class Staging:
+    """Access to the staging tables inside caller-provided transactions."""
+
+    def __init__(self, db: MetaDB) -> None:
+        self.db = db
+
+    def state(self, txn: lmdb.Transaction) -> StagingState | None:
+        """The current staging state, or None if nothing is staged."""
+        doc = self.db.get_json(txn, "staging")
+        if doc is None:
+            return None
+        return StagingState(doc["branch"], doc["base"], doc["columns"])
+
+    def save_state(self, txn: lmdb.Transaction, state: StagingState) -> None:
+        """Persist ``state``."""
+        self.db.put_json(
+            txn, "staging", {"branch": state.branch, "base": state.base, "columns": state.columns}
+        )
+
+    def has_changes(self, txn: lmdb.Transaction) -> bool:
+        """Whether any record or column operation is staged."""
+        state = self.state(txn)
+        if state is not None and state.columns:
+            return True
+        return self.db.cursor(txn, "staging").first()
+
+    def put(self, txn: lmdb.Transaction, column: str, keys: Iterable[bytes], values: Iterable[bytes]) -> None:
+        """Stage ``key -> digest`` records (or ``DELETED``) for ``column``."""
+        prefix = column.encode() + _SEP
+        items = [(prefix + k, v) for k, v in zip(keys, values, strict=True)]
+        self.db.cursor(txn, "staging").putmulti(items, dupdata=False, overwrite=True)
+
+    def get(self, txn: lmdb.Transaction, column: str, key: bytes) -> bytes | None:
+        """The staged value of one key: a digest, ``DELETED``, or None if not staged."""
+        return self.db.get(txn, "staging", column.encode() + _SEP + key)
+
+    def edits(self, txn: lmdb.Transaction, column: str) -> list[Edit]:
+        """The column's staged edits, sorted by key (deletions as None)."""
+        prefix = column.encode() + _SEP
+        n = len(prefix)
+        cursor = self.db.cursor(txn, "staging")
+        out: list[Edit] = []
+        if cursor.set_range(prefix):
+            for key, value in cursor:
+                if not key.startswith(prefix):
+                    break
+                out.append((bytes(key[n:]), bytes(value) or None))
+        return out
+
+    def columns_with_edits(self, txn: lmdb.Transaction) -> list[str]:
+        """Names of columns that have staged record edits."""
+        names: list[str] = []
+        cursor = self.db.cursor(txn, "staging")
+        if not cursor.first():
+            return names
+        while True:
+            key = bytes(cursor.key())
+            name = key.split(_SEP, 1)[0]
+            names.append(name.decode())
+            if not cursor.set_range(name + b"\x01"):
+                return names
+
+    def drop_column(self, txn: lmdb.Transaction, column: str) -> None:
+        """Forget every staged record edit of ``column``."""
+        prefix = column.encode() + _SEP
+        cursor = self.db.cursor(txn, "staging")
+        if cursor.set_range(prefix):
+            while cursor.key().startswith(prefix):
+                if not cursor.delete():
+                    break
+
+    def clear(self, txn: lmdb.Transaction) -> None:
+        """Drop everything staged."""
+        self.db.drop(txn, "staging")
+        self.db.delete(txn, "meta", b"staging")

@@ -1,0 +1,312 @@
+"""Paged Merkle record trees (prolly trees).
+
+A column's records, ``encoded key -> digest``, are kept sorted and cut into
+pages. A key ends a page at level ``L`` when ``xxh3_64(key, seed=L)`` has its
+low :data:`PAGE_BITS` bits clear, so page boundaries depend only on the keys,
+never on the order of edits: the same records always give the same pages,
+the same root hash, and equal subtrees in two versions have equal hashes.
+
+Level 0 pages hold ``key -> digest``; a page at level ``L > 0`` holds, for
+each child page, ``last key of child -> child hash + record count``. The root
+is the lowest level with a single page. An update rewrites only the pages its
+edits fall into (plus a neighbour when a boundary key is deleted) and their
+ancestors, so a commit, a lookup or a diff costs O(changed pages · depth),
+not O(records).
+"""
+
+from __future__ import annotations
+
+import struct
+from bisect import bisect_left, bisect_right
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+from xxhash import xxh3_64_intdigest
+
+from ..hashing import object_hash
+
+__all__ = ["EMPTY_ROOT", "Node", "RecordTree", "decode_node", "encode_node"]
+
+PAGE_BITS = 9  # pages of ~512 entries
+_MASK = (1 << PAGE_BITS) - 1
+EMPTY_ROOT = b"\0" * 32
+DIGEST_WIDTH = 32
+INNER_WIDTH = 40  # child hash + u64 record count
+_MAGIC = b"TCP1"
+_HEAD = struct.Struct("<4sBI")
+
+Edit = tuple[bytes, bytes | None]
+"""``(encoded key, value)``; a ``None`` value deletes the key."""
+
+
+class Node:
+    """A decoded page: sorted keys and fixed-width values."""
+
+    __slots__ = ("hash", "keys", "level", "vals", "width")
+
+    def __init__(self, level: int, keys: list[bytes], vals: bytes, node_hash: bytes) -> None:
+        self.level = level
+        self.keys = keys
+        self.vals = vals
+        self.width = DIGEST_WIDTH if level == 0 else INNER_WIDTH
+        self.hash = node_hash
+
+    def value(self, i: int) -> bytes:
+        """The value stored with ``keys[i]``."""
+        w = self.width
+        return self.vals[i * w : (i + 1) * w]
+
+    def values(self) -> list[bytes]:
+        """All values, in key order."""
+        w, v = self.width, self.vals
+        return [v[i : i + w] for i in range(0, len(v), w)]
+
+    def child(self, i: int) -> bytes:
+        """Hash of child ``i`` (inner pages)."""
+        return self.vals[i * INNER_WIDTH : i * INNER_WIDTH + 32]
+
+    def child_count(self, i: int) -> int:
+        """Records below child ``i`` (inner pages)."""
+        start = i * INNER_WIDTH + 32
+        return int.from_bytes(self.vals[start : start + 8], "little")
+
+    def count(self) -> int:
+        """Records below this page."""
+        if self.level == 0:
+            return len(self.keys)
+        return sum(self.child_count(i) for i in range(len(self.keys)))
+
+
+def encode_node(level: int, keys: Sequence[bytes], vals: Sequence[bytes]) -> bytes:
+    """Canonical page bytes (what the page hash covers)."""
+    offsets = np.zeros(len(keys) + 1, dtype="<u4")
+    np.cumsum([len(k) for k in keys], out=offsets[1:])
+    return b"".join(
+        (_HEAD.pack(_MAGIC, level, len(keys)), offsets.tobytes(), *keys, *vals)
+    )
+
+
+def decode_node(data: bytes, node_hash: bytes) -> Node:
+    """Inverse of :func:`encode_node`."""
+    magic, level, n = _HEAD.unpack_from(data)
+    if magic != _MAGIC:
+        raise ValueError("not a record-tree page")
+    start = _HEAD.size + 4 * (n + 1)
+    offs = [start + o for o in np.frombuffer(data, "<u4", n + 1, _HEAD.size).tolist()]
+    keys = [data[a:b] for a, b in zip(offs, offs[1:], strict=False)]
+    return Node(level, keys, data[offs[-1] :], node_hash)
+
+
+def is_boundary(key: bytes, level: int) -> bool:
+    """Whether ``key`` ends a page at ``level``."""
+    return not xxh3_64_intdigest(key, level) & _MASK
+
+
+class RecordTree:
+    """Reads and writes record trees whose pages live in an object table.
+
+    Parameters
+    ----------
+    load:
+        Returns the bytes of a stored page by hash (raises ``KeyError`` if
+        missing).
+    cache_pages:
+        Decoded pages kept in memory (least recently used are dropped).
+    """
+
+    def __init__(self, load: Callable[[bytes], bytes], cache_pages: int = 4096) -> None:
+        self._load = load
+        self._cache: OrderedDict[bytes, Node] = OrderedDict()
+        self._cache_pages = cache_pages
+        self.pending: dict[bytes, bytes] = {}
+        """Pages written by updates and not yet persisted by the caller."""
+
+    # -- reading ---------------------------------------------------------
+
+    def node(self, node_hash: bytes) -> Node:
+        """The decoded page ``node_hash``."""
+        node = self._cache.get(node_hash)
+        if node is not None:
+            self._cache.move_to_end(node_hash)
+            return node
+        data = self.pending.get(node_hash)
+        if data is None:
+            data = self._load(node_hash)
+        node = decode_node(data, node_hash)
+        self._cache[node_hash] = node
+        if len(self._cache) > self._cache_pages:
+            self._cache.popitem(last=False)
+        return node
+
+    def get(self, root: bytes, key: bytes) -> bytes | None:
+        """The value stored for ``key``, or None."""
+        if root == EMPTY_ROOT:
+            return None
+        node = self.node(root)
+        while node.level:
+            i = bisect_left(node.keys, key)
+            if i == len(node.keys):
+                return None
+            node = self.node(node.child(i))
+        i = bisect_left(node.keys, key)
+        if i < len(node.keys) and node.keys[i] == key:
+            return node.value(i)
+        return None
+
+    def count(self, root: bytes) -> int:
+        """Number of records in the tree."""
+        return 0 if root == EMPTY_ROOT else self.node(root).count()
+
+    def leaves(self, root: bytes) -> Iterator[Node]:
+        """Level-0 pages in key order."""
+        if root == EMPTY_ROOT:
+            return
+        stack = [self.node(root)]
+        while stack:
+            node = stack.pop()
+            if node.level == 0:
+                yield node
+            else:
+                stack.extend(self.node(node.child(i)) for i in reversed(range(len(node.keys))))
+
+    def items(self, root: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """All ``(key, value)`` records in key order."""
+        for leaf in self.leaves(root):
+            yield from zip(leaf.keys, leaf.values(), strict=True)
+
+    def pages(self, root: bytes) -> Iterator[Node]:
+        """Every page of the tree (for verification and reachability)."""
+        if root == EMPTY_ROOT:
+            return
+        stack = [self.node(root)]
+        while stack:
+            node = stack.pop()
+            yield node
+            if node.level:
+                stack.extend(self.node(node.child(i)) for i in range(len(node.keys)))
+
+    # -- writing ---------------------------------------------------------
+
+    def update(self, root: bytes, edits: Sequence[Edit]) -> bytes:
+        """Apply sorted, unique-key ``edits``; return the new root hash.
+
+        New pages are added to :attr:`pending`; the caller persists them in
+        the same transaction that publishes the root.
+        """
+        if not edits:
+            return root
+        height = -1 if root == EMPTY_ROOT else self.node(root).level
+        level = 0
+        level_edits: Sequence[Edit] = edits
+        while True:
+            new_entries, complete = self._update_level(root, height, level, level_edits)
+            if complete and len(new_entries) <= 1:
+                break
+            level_edits = new_entries
+            level += 1
+        if not new_entries:
+            return EMPTY_ROOT
+        new_root = new_entries[0][1][:32]  # type: ignore[index]
+        node = self.node(new_root)
+        while node.level and len(node.keys) == 1:  # the root is the lowest single page
+            new_root = node.child(0)
+            node = self.node(new_root)
+        return new_root
+
+    def build(self, items: Sequence[tuple[bytes, bytes]]) -> bytes:
+        """Root of a tree holding exactly ``items`` (sorted by key)."""
+        return self.update(EMPTY_ROOT, items)
+
+    def _update_level(
+        self, root: bytes, height: int, level: int, edits: Sequence[Edit]
+    ) -> tuple[list[Edit], bool]:
+        """Rewrite the pages of ``level`` that ``edits`` touch.
+
+        Returns the edits for the level above (old page keys deleted, new
+        page entries put) and whether the whole level was rebuilt.
+        """
+        if level > height:
+            return self._rebuild_level(root, height, level, edits), True
+        out: dict[bytes, bytes | None] = {}
+        i, n = 0, len(edits)
+        while i < n:
+            node = self._locate(root, level, edits[i][0])
+            merged = dict(zip(node.keys, node.values(), strict=True))
+            while True:
+                out.setdefault(node.keys[-1], None)
+                nxt = self._next(root, level, node.keys[-1])
+                last = node.keys[-1]
+                while i < n and (nxt is None or edits[i][0] <= last):
+                    key, value = edits[i]
+                    if value is None:
+                        merged.pop(key, None)
+                    else:
+                        merged[key] = value
+                    i += 1
+                if nxt is None or (merged and is_boundary(max(merged), level)):
+                    break
+                node = nxt  # the region lost its closing boundary: absorb the next page
+                merged.update(zip(node.keys, node.values(), strict=True))
+            keys = sorted(merged)
+            for key, value in self._write_pages(level, keys, [merged[k] for k in keys]):
+                out[key] = value
+        return sorted(out.items()), level == height
+
+    def _rebuild_level(
+        self, root: bytes, height: int, level: int, edits: Sequence[Edit]
+    ) -> list[Edit]:
+        """Rebuild a level above the old root (or of an empty tree) entirely."""
+        if height < 0 or level > height + 1:
+            if all(v is not None for _, v in edits):
+                return self._write_pages(level, [k for k, _ in edits], [v for _, v in edits])  # type: ignore[misc]
+            base: dict[bytes, bytes] = {}
+        else:
+            top = self.node(root)
+            base = {top.keys[-1]: root + top.count().to_bytes(8, "little")}
+        for key, value in edits:
+            if value is None:
+                base.pop(key, None)
+            else:
+                base[key] = value
+        keys = sorted(base)
+        return self._write_pages(level, keys, [base[k] for k in keys])
+
+    def _write_pages(self, level: int, keys: list[bytes], vals: list[bytes]) -> list[Edit]:
+        """Cut sorted entries into pages, store them, return their parent entries."""
+        entries: list[Edit] = []
+        start = 0
+        n = len(keys)
+        for i, key in enumerate(keys):
+            if i == n - 1 or not xxh3_64_intdigest(key, level) & _MASK:
+                page_keys, page_vals = keys[start : i + 1], vals[start : i + 1]
+                data = encode_node(level, page_keys, page_vals)
+                node_hash = object_hash(data)
+                self.pending[node_hash] = data
+                if level == 0:
+                    count = len(page_keys)
+                else:
+                    count = sum(int.from_bytes(v[32:40], "little") for v in page_vals)
+                entries.append((key, node_hash + count.to_bytes(8, "little")))
+                start = i + 1
+        return entries
+
+    def _locate(self, root: bytes, level: int, key: bytes) -> Node:
+        """The page at ``level`` whose key range holds (or would hold) ``key``."""
+        node = self.node(root)
+        while node.level > level:
+            i = min(bisect_left(node.keys, key), len(node.keys) - 1)
+            node = self.node(node.child(i))
+        return node
+
+    def _next(self, root: bytes, level: int, last_key: bytes) -> Node | None:
+        """The page at ``level`` right after the one ending at ``last_key``."""
+        node = self.node(root)
+        if node.level == level:
+            return None
+        while node.level > level:
+            i = bisect_right(node.keys, last_key)
+            if i == len(node.keys):
+                return None
+            node = self.node(node.child(i))
+        return node

@@ -1,0 +1,309 @@
+"""The repository: opening, checkouts, refs, log and maintenance.
+
+On-disk layout of a repository directory::
+
+    TENSORCASK      format marker
+    meta/           LMDB environment: content index, history objects, refs, staging
+    data/memmap/    fixed-shape sample segments
+    data/hdf5/      variable-shape / compressed sample files
+    data/lmdb/      str, bytes and small samples
+    writer.lock     the writer lock (holder info inside)
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from .checkout import ReadCheckout, WriteCheckout
+from .errors import CaskError, RepositoryNotFoundError
+from .history.objects import CommitId, CommitInfo
+from .history.refs import HEADS, TAGS
+from .history.staging import Staging
+from .history.store import History
+from .keys import validate_name
+from .maintenance import GCReport, VerifyReport, collect_garbage, verify_repository
+from .storage.content import ContentStore
+from .storage.db import MetaDB
+from .storage.lock import WriterLock, force_release
+
+__all__ = ["Repository", "init"]
+
+FORMAT_FILE = "TENSORCASK"
+FORMAT_TEXT = "tensorcask repository\nformat 1\n"
+
+
+def _git_config(key: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "config", "--get", key], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _default_identity() -> tuple[str, str]:
+    name = _git_config("user.name") or os.environ.get("GIT_AUTHOR_NAME") or getpass.getuser()
+    email = (
+        _git_config("user.email")
+        or os.environ.get("GIT_AUTHOR_EMAIL")
+        or os.environ.get("EMAIL")
+        or f"{getpass.getuser()}@localhost"
+    )
+    return name, email
+
+
+def init(
+    path: str | os.PathLike[str],
+    user_name: str | None = None,
+    user_email: str | None = None,
+    *,
+    exist_ok: bool = False,
+) -> Repository:
+    """Create a repository at ``path`` and open it.
+
+    Parameters
+    ----------
+    path:
+        Directory to create (it may exist if empty).
+    user_name, user_email:
+        Identity recorded in commits; default to git's ``user.name`` /
+        ``user.email``, then the environment.
+    exist_ok:
+        Open an existing repository instead of raising.
+    """
+    root = Path(path)
+    if (root / FORMAT_FILE).exists():
+        if exist_ok:
+            return Repository(root)
+        raise CaskError(f"a tensorcask repository already exists at {root}")
+    if root.exists() and any(root.iterdir()):
+        raise CaskError(f"{root} exists and is not empty; choose an empty or new directory")
+    default_name, default_email = _default_identity()
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "data").mkdir(exist_ok=True)
+    db = MetaDB(root / "meta", create=True)
+    with db.write() as txn:
+        db.put_json(
+            txn,
+            "config",
+            {"user_name": user_name or default_name, "user_email": user_email or default_email},
+        )
+    db.close()
+    marker = root / FORMAT_FILE
+    tmp = root / (FORMAT_FILE + ".tmp")
+    tmp.write_text(FORMAT_TEXT)
+    os.replace(tmp, marker)  # the marker appears last: a half-made directory is no repository
+    return Repository(root)
+
+
+class Repository:
+    """An existing repository on local disk.
+
+    Parameters
+    ----------
+    path:
+        The repository directory (as given to :func:`init`).
+
+    Raises
+    ------
+    RepositoryNotFoundError
+        If ``path`` holds no repository.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path).absolute()
+        if not (self.path / FORMAT_FILE).is_file():
+            raise RepositoryNotFoundError(
+                f"no tensorcask repository at {self.path}; create one with tensorcask.init() "
+                "or `tensorcask init`"
+            )
+        self._db = MetaDB(self.path / "meta")
+        self._history = History(self._db)
+        self._staging = Staging(self._db)
+        self._reader_store = ContentStore(self.path / "data", self._db, writable=False)
+
+    def __repr__(self) -> str:
+        return f"<Repository {str(self.path)!r}>"
+
+    def close(self) -> None:
+        """Release file handles. Idempotent."""
+        self._reader_store.close()
+        self._db.close()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Repository settings (``user_name``, ``user_email``)."""
+        with self._db.read() as txn:
+            return dict(self._db.get_json(txn, "config") or {})
+
+    # -- checkouts -------------------------------------------------------
+
+    def checkout(
+        self, write: bool = False, *, branch: str | None = None, commit: str | None = None
+    ) -> ReadCheckout | WriteCheckout:
+        """Open a checkout.
+
+        ``write=True`` opens the writer of ``branch`` (default: the current
+        branch) and makes it the current branch. Otherwise a read-only
+        checkout pinned to ``commit`` (any ref) or to ``branch``'s head now
+        (default: the current branch).
+        """
+        if write:
+            if commit is not None:
+                raise ValueError("a write checkout writes to a branch head; pass branch=, not commit=")
+            return WriteCheckout(self, branch or self.current_branch)
+        if commit is not None and branch is not None:
+            raise ValueError("pass either branch= or commit=, not both")
+        ref = commit if commit is not None else branch
+        if ref is None:
+            with self._db.read() as txn:
+                head = self._history.refs.get(txn, HEADS + self.current_branch)
+            return ReadCheckout(self, head)
+        if branch is not None:
+            with self._db.read() as txn:
+                head = self._history.refs.get(txn, HEADS + branch)
+            if head is None:
+                raise self._no_branch(branch)
+            return ReadCheckout(self, head)
+        return ReadCheckout(self, self.resolve(ref))
+
+    # -- refs ------------------------------------------------------------
+
+    @property
+    def current_branch(self) -> str:
+        """The branch write checkouts use by default."""
+        with self._db.read() as txn:
+            return self._history.refs.current_branch(txn)
+
+    @property
+    def branches(self) -> dict[str, CommitId]:
+        """Branch name -> head commit id."""
+        with self._db.read() as txn:
+            return self._history.refs.listing(txn, HEADS)
+
+    @property
+    def tags(self) -> dict[str, CommitId]:
+        """Tag name -> commit id."""
+        with self._db.read() as txn:
+            return self._history.refs.listing(txn, TAGS)
+
+    def _no_branch(self, name: str) -> CaskError:
+        from .errors import RefNotFoundError
+
+        known = ", ".join(sorted(self.branches)) or "none yet: make a first commit"
+        return RefNotFoundError(f"no branch named {name!r} (branches: {known})")
+
+    def resolve(self, ref: str) -> CommitId:
+        """Full commit id of a branch, tag, full id or unique prefix (>= 4 hex digits)."""
+        return self._history.resolve(ref)
+
+    def create_branch(self, name: str, base: str | None = None) -> CommitId:
+        """Create branch ``name`` at ``base`` (any ref; default: the current branch head)."""
+        validate_name(name, "branch name")
+        target = self.resolve(base if base is not None else self.current_branch)
+        with self._db.write() as txn:
+            if not self._history.refs.set_if_equals(txn, HEADS + name, None, target):
+                raise CaskError(f"branch {name!r} already exists")
+        return target
+
+    def delete_branch(self, name: str, *, force: bool = False) -> CommitId:
+        """Delete branch ``name``; an unmerged branch needs ``force=True``."""
+        with self._db.write() as txn:
+            refs = self._history.refs
+            head = refs.get(txn, HEADS + name)
+            if head is None:
+                raise self._no_branch(name)
+            if name == refs.current_branch(txn):
+                raise CaskError(
+                    f"branch {name!r} is the current branch; open a write checkout of another "
+                    "branch first"
+                )
+            others = [c for b, c in refs.listing(txn, HEADS).items() if b != name]
+        if not force and not any(self._is_ancestor(head, other) for other in others):
+            raise CaskError(
+                f"branch {name!r} is not merged into any other branch; its commits would be lost. "
+                "Merge it, or pass force=True to delete it anyway"
+            )
+        with self._db.write() as txn:
+            if not self._history.refs.set_if_equals(txn, HEADS + name, head, None):
+                raise CaskError(f"branch {name!r} moved while being deleted; try again")
+        return head
+
+    def _is_ancestor(self, ancestor: str, descendant: str) -> bool:
+        return any(c.id == ancestor for c in self._history.log(descendant))
+
+    def create_tag(self, name: str, ref: str) -> CommitId:
+        """Create the immutable tag ``name`` for the commit ``ref`` names."""
+        validate_name(name, "tag name")
+        target = self.resolve(ref)
+        with self._db.write() as txn:
+            if not self._history.refs.set_if_equals(txn, TAGS + name, None, target):
+                raise CaskError(f"tag {name!r} already exists; tags are immutable")
+        return target
+
+    # -- history ---------------------------------------------------------
+
+    def log(self, ref: str | None = None, limit: int | None = None) -> list[CommitInfo]:
+        """Commits reachable from ``ref`` (default: the current branch), newest first."""
+        if ref is None:
+            with self._db.read() as txn:
+                start = self._history.refs.get(txn, HEADS + self.current_branch)
+        else:
+            start = self.resolve(ref)
+        return [CommitInfo.of(c) for c in self._history.log(start, limit)]
+
+    def summary(self) -> str:
+        """A human-readable report: path, disk use, head commit, columns."""
+        from .report import render_summary
+
+        return render_summary(self)
+
+    def verify(
+        self, ref: str | None = None, *, full: bool = False, raise_on_error: bool = True
+    ) -> VerifyReport:
+        """Re-hash records and the commit chain (and with ``full``, every stored byte).
+
+        Checks every commit reachable from ``ref`` (default: every branch and
+        tag). Raises :class:`~tensorcask.errors.CorruptionError` on the first
+        report with problems unless ``raise_on_error=False``.
+        """
+        return verify_repository(self, ref, full=full, raise_on_error=raise_on_error)
+
+    def gc(self) -> GCReport:
+        """Remove data that no commit, branch, tag or staging area references.
+
+        Takes the writer lock for its duration.
+        """
+        with WriterLock(self.path / "writer.lock"):
+            return collect_garbage(self)
+
+    def force_release_writer_lock(self) -> dict[str, Any] | None:
+        """Release the writer lock whoever holds it; returns the holder info.
+
+        For a writer that is stuck or lives on another host. The old holder's
+        later writes and commits fail with :class:`~tensorcask.errors.WriterLockError`.
+        """
+        return force_release(self.path / "writer.lock")
+
+    def disk_usage(self) -> int:
+        """Bytes used by the repository directory."""
+        total = 0
+        for dirpath, _, files in os.walk(self.path):
+            for f in files:
+                try:
+                    total += os.stat(os.path.join(dirpath, f)).st_blocks * 512
+                except OSError:
+                    pass
+        return total
+

@@ -1,0 +1,154 @@
+"""Turning user values into stored payloads and digests, and back.
+
+Validation happens here, before anything is written: a value of the wrong
+kind, dtype, rank or size raises :class:`~tensorcask.errors.SchemaError`
+naming the column (and key), and a batch with one bad value writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import SchemaError
+from .hashing import Digest, array_digest_prefix, blob_digest, canonical_array, canonical_dtype
+from .history.objects import ColumnSchema
+from .storage.base import Payload
+
+__all__ = ["Value", "from_payload", "prepare_batch", "prepare_one"]
+
+Value = np.ndarray | str | bytes
+
+
+def _where(column: str, key: object) -> str:
+    return f"column {column!r}" + ("" if key is None else f", key {key!r}")
+
+
+def _check_array(schema: ColumnSchema, value: Any, column: str, key: object) -> np.ndarray:
+    if not isinstance(value, np.ndarray):
+        if isinstance(value, str | bytes) or value is None:
+            raise SchemaError(
+                f"{_where(column, key)} holds {schema.dtype} arrays, not {type(value).__name__}"
+            )
+        value = np.asarray(value)
+    expected = schema.np_dtype
+    if canonical_dtype(value.dtype) != expected:
+        raise SchemaError(
+            f"{_where(column, key)}: dtype {value.dtype} does not match the column's {expected}; "
+            f"convert with .astype({str(expected)!r})"
+        )
+    assert schema.shape is not None
+    if value.ndim != len(schema.shape):
+        raise SchemaError(
+            f"{_where(column, key)}: rank {value.ndim} (shape {value.shape}) does not match the "
+            f"column's shape {_shape_str(schema.shape)}"
+        )
+    bound = schema.max_shape
+    for axis, (got, want) in enumerate(zip(value.shape, schema.shape, strict=True)):
+        if want is not None and got != want:
+            raise SchemaError(
+                f"{_where(column, key)}: shape {value.shape} does not match the column's shape "
+                f"{_shape_str(schema.shape)}"
+            )
+        if want is None and bound is not None and got > bound[axis]:
+            raise SchemaError(
+                f"{_where(column, key)}: shape {value.shape} exceeds the column's max_shape {bound}"
+            )
+    return canonical_array(value)
+
+
+def _shape_str(shape: tuple[int | None, ...]) -> str:
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + (",)" if len(shape) == 1 else ")")
+
+
+def prepare_one(schema: ColumnSchema, value: Any, column: str, key: object) -> tuple[Payload, Digest]:
+    """Validate one value; return the payload to store and its digest."""
+    if schema.kind == "ndarray":
+        arr = _check_array(schema, value, column, key)
+        h = array_digest_prefix(arr.dtype, arr.shape)
+        h.update(arr.data if arr.size else b"")
+        return arr, Digest(h.digest())
+    if schema.kind == "str":
+        if not isinstance(value, str):
+            raise SchemaError(f"{_where(column, key)} holds str values, not {type(value).__name__}")
+        raw = value.encode("utf-8")
+        return raw, blob_digest("str", raw)
+    if isinstance(value, bytearray | memoryview):
+        value = bytes(value)
+    if not isinstance(value, bytes):
+        raise SchemaError(f"{_where(column, key)} holds bytes values, not {type(value).__name__}")
+    return value, blob_digest("bytes", value)
+
+
+def prepare_batch(
+    schema: ColumnSchema, batch: Any, n: int, column: str
+) -> tuple[np.ndarray | list[Payload], list[Digest]]:
+    """Validate ``n`` values; return payloads (a stacked array when possible) and digests.
+
+    A fixed-shape ndarray column given an array with a leading batch axis
+    takes the fast path: one dtype/shape check, then one hash per row over a
+    contiguous buffer.
+    """
+    if schema.kind == "ndarray" and schema.fixed and isinstance(batch, np.ndarray):
+        assert schema.shape is not None
+        if batch.ndim != len(schema.shape) + 1 or batch.shape[0] != n:
+            raise SchemaError(
+                f"column {column!r}: a batch for {n} keys must have shape "
+                f"({n}, {', '.join(str(d) for d in schema.shape)}), got {batch.shape}"
+            )
+        if canonical_dtype(batch.dtype) != schema.np_dtype:
+            raise SchemaError(
+                f"column {column!r}: batch dtype {batch.dtype} does not match the column's "
+                f"{schema.np_dtype}; convert with .astype({schema.dtype!r})"
+            )
+        if tuple(batch.shape[1:]) != schema.shape:
+            raise SchemaError(
+                f"column {column!r}: batch rows have shape {batch.shape[1:]}, the column's shape "
+                f"is {_shape_str(schema.shape)}"
+            )
+        stacked = canonical_array(batch)
+        return stacked, stacked_digests(stacked)
+    if isinstance(batch, np.ndarray) and schema.kind == "ndarray":
+        batch = list(batch)
+    if not isinstance(batch, Sequence) or isinstance(batch, str | bytes):
+        raise SchemaError(
+            f"column {column!r}: update(keys, values) needs a sequence or array of values"
+        )
+    if len(batch) != n:
+        raise SchemaError(f"column {column!r}: {n} keys but {len(batch)} values")
+    payloads: list[Payload] = []
+    digests: list[Digest] = []
+    for value in batch:
+        payload, digest = prepare_one(schema, value, column, None)
+        payloads.append(payload)
+        digests.append(digest)
+    return payloads, digests
+
+
+def stacked_digests(stacked: np.ndarray) -> list[Digest]:
+    """Digest of every row of a C-contiguous, canonical batch."""
+    n = stacked.shape[0]
+    if n == 0:
+        return []
+    base = array_digest_prefix(stacked.dtype, stacked.shape[1:])
+    if stacked.size == 0:
+        return [Digest(base.digest())] * n
+    view = memoryview(stacked.reshape(-1).view(np.uint8))
+    step = stacked.nbytes // n
+    out = []
+    copy = base.copy
+    for start in range(0, stacked.nbytes, step):
+        h = copy()
+        h.update(view[start : start + step])
+        out.append(Digest(h.digest()))
+    return out
+
+
+def from_payload(schema: ColumnSchema, payload: Payload) -> Value:
+    """The user-facing value of a stored payload."""
+    if schema.kind == "str":
+        assert isinstance(payload, bytes)
+        return payload.decode("utf-8")
+    return payload

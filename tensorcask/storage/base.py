@@ -1,0 +1,180 @@
+"""The backend seam: where sample bytes live on disk.
+
+A backend appends sample payloads (numpy arrays or byte strings) to segment
+files it owns and hands back a :class:`Location` for each one. It knows
+nothing of keys, digests, columns or commits; the content store above it maps
+digests to locations.
+
+Rules every backend follows (``tests/storage/conformance.py`` checks them):
+
+* Appends go to segments created by this backend instance; a segment is
+  never reopened for writing once sealed (or once its writer went away).
+* Nothing appended is durable until :meth:`Backend.sync` returns.
+* Every read verifies the xxh3 checksum recorded in the location and raises
+  :class:`~tensorcask.errors.CorruptionError` (with ``path`` set) on mismatch.
+* Every read returns an object that owns its memory: writing to it never
+  changes stored data.
+"""
+
+from __future__ import annotations
+
+import struct
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import xxhash
+
+from tensorcask.errors import CorruptionError
+
+__all__ = ["BLOB", "Backend", "Location", "Payload"]
+
+Payload = np.ndarray | bytes
+"""What a backend stores: an ndarray, or a byte string (``dtype == BLOB``)."""
+
+BLOB = "blob"
+"""``Location.dtype`` of byte-string payloads."""
+
+_HEAD = struct.Struct("<BIQQB")  # version, segment, offset, checksum, ndim
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where one payload is stored, and how to check it.
+
+    Attributes
+    ----------
+    backend:
+        Registry name of the backend that stored it (``"memmap"``, ...).
+    segment:
+        Segment (file) number inside that backend.
+    offset:
+        Backend-specific position inside the segment (row, element or id).
+    dtype:
+        Canonical numpy dtype string of an ndarray payload, or :data:`BLOB`.
+    shape:
+        Shape of an ndarray payload; ``(nbytes,)`` for a blob.
+    checksum:
+        xxh3-64 of the payload's stored bytes.
+    """
+
+    backend: str
+    segment: int
+    offset: int
+    dtype: str
+    shape: tuple[int, ...]
+    checksum: int
+
+    def to_bytes(self) -> bytes:
+        """Stable binary encoding (stored in the content index)."""
+        head = _HEAD.pack(1, self.segment, self.offset, self.checksum, len(self.shape))
+        dims = struct.pack(f"<{len(self.shape)}Q", *self.shape)
+        names = f"{self.backend}\0{self.dtype}".encode()
+        return head + dims + names
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Location:
+        """Inverse of :meth:`to_bytes`."""
+        version, segment, offset, checksum, ndim = _HEAD.unpack_from(data)
+        if version != 1:
+            raise ValueError(f"unknown location encoding version {version}")
+        end = _HEAD.size + 8 * ndim
+        shape = struct.unpack_from(f"<{ndim}Q", data, _HEAD.size)
+        backend, dtype = bytes(data[end:]).decode().split("\0")
+        return cls(backend, segment, offset, dtype, tuple(shape), checksum)
+
+
+class Backend(ABC):
+    """Append-only store of payloads in segments.
+
+    Parameters
+    ----------
+    root:
+        Directory the backend owns (created if missing when writable).
+    writable:
+        Whether this instance may append. Read-only instances never create,
+        modify or remove files.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, root: Path, *, writable: bool) -> None:
+        self.root = Path(root)
+        self.writable = writable
+
+    @abstractmethod
+    def append(self, values: Sequence[Payload]) -> list[Location]:
+        """Append payloads; return one location each, in order.
+
+        Not durable until :meth:`sync`. Arrays must be C-contiguous with a
+        canonical (native little-endian) dtype; the caller normalises them.
+        """
+
+    def append_stacked(self, batch: np.ndarray) -> list[Location]:
+        """Append each row of ``batch`` (leading axis = samples)."""
+        return self.append(list(batch))
+
+    def verify(self, location: Location, data: Payload | memoryview) -> None:
+        """Check stored bytes against ``location.checksum``.
+
+        Parameters
+        ----------
+        location:
+            Where ``data`` was read from.
+        data:
+            The C-contiguous bytes about to be returned; check the caller's
+            own copy, so that what was verified is what the caller gets.
+
+        Raises
+        ------
+        CorruptionError
+            If the xxh3 checksum differs; ``path`` names the damaged file.
+        """
+        buffer = data.data if isinstance(data, np.ndarray) else data
+        if xxhash.xxh3_64_intdigest(buffer) != location.checksum:
+            path = self.path_of(location)
+            raise CorruptionError(
+                f"checksum mismatch in {path} (segment {location.segment}, "
+                f"offset {location.offset}): the stored bytes are damaged; "
+                "restore them from a clone or remote",
+                path=path,
+            )
+
+    @abstractmethod
+    def read(self, location: Location) -> Payload:
+        """Read one payload, checksum verified, into memory it owns."""
+
+    def read_many(self, locations: Sequence[Location]) -> list[Payload]:
+        """Read several payloads (backends override to batch by segment)."""
+        return [self.read(loc) for loc in locations]
+
+    def read_stacked(self, locations: Sequence[Location]) -> np.ndarray:
+        """Read equal-shape array payloads into one stacked, owned array."""
+        return np.stack([np.asarray(v) for v in self.read_many(locations)])
+
+    @abstractmethod
+    def sync(self) -> None:
+        """Make everything appended so far durable (fsync)."""
+
+    @abstractmethod
+    def seal(self) -> None:
+        """Stop appending to the current segments; later appends open new ones."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Seal (when writable) and release every handle. Idempotent."""
+
+    @abstractmethod
+    def path_of(self, location: Location) -> str:
+        """Full path of the file holding ``location`` (for error messages)."""
+
+    @abstractmethod
+    def segments(self) -> list[int]:
+        """Numbers of every segment present on disk."""
+
+    @abstractmethod
+    def remove_segment(self, segment: int) -> None:
+        """Delete a whole segment (garbage collection of unreferenced data)."""

@@ -1,0 +1,181 @@
+"""The content store: digest -> location, and the backends behind it.
+
+Sample bytes are stored once per distinct digest. Writing is split in two so
+that the caller controls the crash order: :meth:`ContentStore.append` puts new
+payloads into backend segments and fsyncs them, returning index entries; the
+caller then publishes those entries together with the records that use them
+in one metadata transaction. A crash in between leaves only unreferenced
+bytes, which ``gc`` reclaims.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import lmdb
+import numpy as np
+
+from ..errors import CorruptionError, ReadOnlyError
+from ..hashing import Digest
+from .backends import open_backend
+from .base import Backend, Location, Payload
+from .db import MetaDB
+
+__all__ = ["ContentStore"]
+
+_CACHE_LIMIT = 1 << 20
+
+
+class ContentStore:
+    """Content-addressed sample storage for one repository.
+
+    Parameters
+    ----------
+    data_dir:
+        The repository's ``data/`` directory; each backend owns a subfolder.
+    db:
+        The metadata database holding the ``content`` table.
+    writable:
+        Whether this store may append (only a write checkout's store is).
+    """
+
+    def __init__(self, data_dir: Path, db: MetaDB, *, writable: bool) -> None:
+        self.data_dir = Path(data_dir)
+        self.db = db
+        self.writable = writable
+        self._backends: dict[tuple[str, str | None], Backend] = {}
+        self._owner: dict[tuple[str, int], Backend] = {}
+        self._locations: dict[bytes, Location] = {}
+
+    def backend(self, name: str, compression: str | None = None) -> Backend:
+        """The backend instance for ``name`` (and compression), opened lazily."""
+        key = (name, compression)
+        backend = self._backends.get(key)
+        if backend is None:
+            options = {"compression": compression} if compression else {}
+            backend = open_backend(name, self.data_dir / name, writable=self.writable, **options)
+            self._backends[key] = backend
+        return backend
+
+    # -- writing ---------------------------------------------------------
+
+    def missing(self, txn: lmdb.Transaction, digests: Sequence[bytes]) -> list[int]:
+        """Indexes of the first occurrence of each digest not stored yet."""
+        table = self.db.tables["content"]
+        seen: set[bytes] = set()
+        out = []
+        for i, digest in enumerate(digests):
+            if digest in seen:
+                continue
+            seen.add(digest)
+            if txn.get(digest, db=table) is None:
+                out.append(i)
+        return out
+
+    def append(
+        self,
+        backend: str,
+        compression: str | None,
+        payloads: np.ndarray | Sequence[Payload],
+        digests: Sequence[bytes],
+        indexes: Sequence[int],
+    ) -> list[tuple[bytes, bytes]]:
+        """Store ``payloads[i]`` for each ``i`` in ``indexes``, durably.
+
+        Returns the ``(digest, encoded location)`` index entries for the
+        caller to publish.
+        """
+        if not self.writable:
+            raise ReadOnlyError("this content store is read-only")
+        if not indexes:
+            return []
+        store = self.backend(backend, compression)
+        if isinstance(payloads, np.ndarray):
+            chosen = payloads if len(indexes) == len(payloads) else payloads[np.asarray(indexes)]
+            locations = store.append_stacked(np.ascontiguousarray(chosen))
+        else:
+            locations = store.append([payloads[i] for i in indexes])
+        store.sync()
+        entries = []
+        for i, loc in zip(indexes, locations, strict=True):
+            self._owner[(loc.backend, loc.segment)] = store
+            self._locations[digests[i]] = loc
+            entries.append((digests[i], loc.to_bytes()))
+        return entries
+
+    def publish(self, txn: lmdb.Transaction, entries: Sequence[tuple[bytes, bytes]]) -> None:
+        """Write index entries (inside the caller's publishing transaction)."""
+        if entries:
+            txn.cursor(db=self.db.tables["content"]).putmulti(entries, overwrite=False)
+
+    # -- reading ---------------------------------------------------------
+
+    def locate(self, txn: lmdb.Transaction, digest: bytes) -> Location | None:
+        """Where ``digest`` is stored, or None."""
+        loc = self._locations.get(digest)
+        if loc is None:
+            raw = txn.get(digest, db=self.db.tables["content"])
+            if raw is None:
+                return None
+            loc = Location.from_bytes(raw)
+            if len(self._locations) >= _CACHE_LIMIT:
+                self._locations.clear()
+            self._locations[digest] = loc
+        return loc
+
+    def _reader(self, loc: Location) -> Backend:
+        owner = self._owner.get((loc.backend, loc.segment))
+        return owner if owner is not None else self.backend(loc.backend)
+
+    def read(self, loc: Location) -> Payload:
+        """Read one payload (checksum verified)."""
+        return self._reader(loc).read(loc)
+
+    def read_stacked(self, locs: Sequence[Location]) -> np.ndarray:
+        """Read equal-shape payloads into one stacked array (checksums verified)."""
+        first = locs[0]
+        if all(loc.backend == first.backend for loc in locs) and not self._owner:
+            return self.backend(first.backend).read_stacked(locs)
+        return np.stack([np.asarray(self.read(loc)) for loc in locs])
+
+    def path_of(self, loc: Location) -> str:
+        """Full path of the file holding ``loc``."""
+        return self._reader(loc).path_of(loc)
+
+    def forget(self, digests: Sequence[bytes]) -> None:
+        """Drop cached locations (after gc removed their index entries)."""
+        for digest in digests:
+            self._locations.pop(digest, None)
+
+    def sync(self) -> None:
+        """fsync every backend written through this store."""
+        for backend in self._backends.values():
+            if backend.writable:
+                backend.sync()
+
+    def close(self) -> None:
+        """Seal and close every backend. Idempotent."""
+        for backend in self._backends.values():
+            backend.close()
+        self._backends.clear()
+        self._owner.clear()
+
+    def all_backends(self) -> list[Backend]:
+        """Every backend that has a folder on disk (for gc and verify)."""
+        out = []
+        for path in sorted(self.data_dir.iterdir()) if self.data_dir.exists() else []:
+            if path.is_dir():
+                out.append(self.backend(path.name))
+        return out
+
+
+def missing_location_error(column: str, key: object, digest: Digest, path: Path) -> CorruptionError:
+    """The error for a record whose content is not in the index."""
+    return CorruptionError(
+        f"column {column!r}, key {key!r}: content {digest.hex()[:16]} is not in the content "
+        f"index of {path}; the repository is damaged: run `tensorcask verify --full`",
+        column=column,
+        key=key,
+        path=str(path),
+    )

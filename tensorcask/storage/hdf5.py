@@ -1,0 +1,302 @@
+"""Variable-shape and compressed arrays in chunked HDF5 files.
+
+Each writer keeps one active file per dtype, ``root/{segment:08d}.h5``, holding
+one resizable 1-D dataset ``"data"``. A payload is stored flattened;
+``Location.offset`` is its first element and the location keeps the shape.
+Byte strings go to the ``uint8`` file of the writer. Files are written in
+SWMR mode, so readers (in any process) open them while they grow and refresh
+their view of the dataset when asked for elements past its known end.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import h5py
+import numpy as np
+import xxhash
+
+from tensorcask.errors import CorruptionError, ReadOnlyError
+from tensorcask.storage.base import BLOB, Backend, Location, Payload
+from tensorcask.storage.memmap import SegmentFiles
+
+__all__ = ["HDF5Backend"]
+
+COMPRESSIONS = (None, "gzip", "lzf")
+
+
+@dataclass(slots=True)
+class _Open:
+    """One open segment file: its dataset and how many elements we know of."""
+
+    number: int
+    file: h5py.File
+    data: h5py.Dataset
+    length: int
+
+
+class HDF5Backend(Backend):
+    """Backend for ndarrays of any shape (and bytes) in chunked HDF5 datasets.
+
+    Parameters
+    ----------
+    root:
+        Directory of the ``.h5`` segment files (created if missing when writable).
+    writable:
+        Whether this instance may append.
+    compression:
+        ``None``, ``"gzip"`` or ``"lzf"``: the filter of the datasets this
+        instance creates. Readers need not know it.
+    """
+
+    name: ClassVar[str] = "hdf5"
+    segment_bytes: int = 1 << 30
+    """A file takes no more payloads once it holds this many bytes."""
+    chunk_bytes: int = 256 << 10
+    """Approximate size of one dataset chunk."""
+
+    def __init__(self, root: Path, *, writable: bool, compression: str | None = None) -> None:
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"unknown compression {compression!r}; use one of {COMPRESSIONS}")
+        super().__init__(root, writable=writable)
+        self.compression = compression
+        self._files = SegmentFiles(self.root, ".h5")
+        self._active: dict[str, _Open] = {}  # storage dtype -> file being written
+        self._readers: dict[int, _Open] = {}
+        self._unsynced: set[int] = set()
+        self._closed = False
+        if writable:
+            self.root.mkdir(parents=True, exist_ok=True)
+
+    # -- writing ---------------------------------------------------------
+
+    def append(self, values: Sequence[Payload]) -> list[Location]:
+        """Append payloads; those of one dtype are written with one dataset write."""
+        self._check_open()
+        if not self.writable:
+            raise ReadOnlyError(
+                f"hdf5 backend {self.root} is read-only; open it writable to append"
+            )
+        flats: list[np.ndarray] = []
+        described: list[tuple[str, tuple[int, ...], int]] = []
+        groups: dict[str, list[int]] = {}
+        for index, value in enumerate(values):
+            if isinstance(value, bytes | bytearray):
+                flat = np.frombuffer(value, np.uint8)
+                described.append((BLOB, (len(value),), xxhash.xxh3_64_intdigest(value)))
+            else:
+                array = np.asarray(value)
+                if array.dtype.hasobject:
+                    raise TypeError(
+                        f"cannot store an array of dtype {array.dtype}: it holds objects"
+                    )
+                flat = array.reshape(-1)
+                described.append(
+                    (array.dtype.str, array.shape, xxhash.xxh3_64_intdigest(array.data))
+                )
+            flats.append(flat)
+            groups.setdefault(flat.dtype.str, []).append(index)
+        placed: dict[int, Location] = {}
+        for storage_dtype, indices in groups.items():
+            segment = self._writer(storage_dtype)
+            sizes = [flats[i].size for i in indices]
+            starts = np.cumsum([segment.length, *sizes[:-1]]).tolist()
+            total = sum(sizes)
+            if total:
+                data = np.concatenate([flats[i] for i in indices])
+                segment.data.resize((segment.length + total,))
+                segment.data[segment.length :] = data
+                segment.length += total
+                self._unsynced.add(segment.number)
+            for index, start in zip(indices, starts, strict=True):
+                dtype, shape, checksum = described[index]
+                placed[index] = Location(self.name, segment.number, start, dtype, shape, checksum)
+            if segment.length * segment.data.dtype.itemsize >= self.segment_bytes:
+                self._retire(storage_dtype)
+        return [placed[index] for index in range(len(flats))]
+
+    def _writer(self, storage_dtype: str) -> _Open:
+        segment = self._active.get(storage_dtype)
+        if segment is not None:
+            return segment
+        number, fd = self._files.create()
+        os.close(fd)
+        path = self._files.path(number)
+        try:
+            # The empty file is ours alone (created with O_EXCL): truncating
+            # it into an HDF5 file races with no one.
+            file = h5py.File(path, "w", libver="latest")
+            dtype = np.dtype(storage_dtype)
+            data = file.create_dataset(
+                "data",
+                shape=(0,),
+                maxshape=(None,),
+                dtype=dtype,
+                chunks=(max(1, self.chunk_bytes // dtype.itemsize),),
+                compression=self.compression,
+            )
+            file.swmr_mode = True
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        segment = self._active[storage_dtype] = _Open(number, file, data, 0)
+        return segment
+
+    def _retire(self, storage_dtype: str) -> None:
+        self._active.pop(storage_dtype).file.close()
+
+    def sync(self) -> None:
+        """Flush and fsync every file written since the last sync."""
+        self._check_open()
+        active = {segment.number: segment for segment in self._active.values()}
+        for number in sorted(self._unsynced):
+            segment = active.get(number)
+            if segment is None:
+                self._files.fsync(number)
+            else:
+                segment.file.flush()
+                os.fsync(segment.file.id.get_vfd_handle())
+            self._unsynced.discard(number)
+
+    def seal(self) -> None:
+        """Close the active files; later appends create new ones."""
+        for storage_dtype in list(self._active):
+            self._retire(storage_dtype)
+
+    def close(self) -> None:
+        """Seal and close every reader handle. Idempotent."""
+        self.seal()
+        for reader in self._readers.values():
+            reader.file.close()
+        self._readers.clear()
+        self._closed = True
+
+    # -- reading ---------------------------------------------------------
+
+    def read(self, location: Location) -> Payload:
+        """Read one payload into owned memory, checksum verified."""
+        return self.read_many([location])[0]
+
+    def read_many(self, locations: Sequence[Location]) -> list[Payload]:
+        """Read payloads, one dataset read per run of nearby payloads in a file."""
+        self._check_open()
+        by_segment: dict[int, list[int]] = {}
+        for index, location in enumerate(locations):
+            by_segment.setdefault(location.segment, []).append(index)
+        placed: dict[int, Payload] = {}
+        for segment, indices in by_segment.items():
+            spans = sorted(
+                (locations[i].offset, locations[i].offset + _element_count(locations[i]), i)
+                for i in indices
+            )
+            opened = self._dataset(segment, max(stop for _, stop, _ in spans))
+            # Payloads less than a chunk apart share one read (and decompression).
+            gap = opened.data.chunks[0]
+            runs: list[tuple[int, int, list[int]]] = []
+            for start, stop, index in spans:
+                if runs and start <= runs[-1][1] + gap:
+                    first, last, members = runs[-1]
+                    runs[-1] = (first, max(last, stop), members)
+                    members.append(index)
+                else:
+                    runs.append((start, stop, [index]))
+            for first, last, members in runs:
+                block = self._read_block(opened, locations[members[0]], first, last)
+                for index in members:
+                    placed[index] = self._extract(locations[index], block, first)
+        return [placed[index] for index in range(len(locations))]
+
+    def _read_block(self, opened: _Open, location: Location, start: int, stop: int) -> np.ndarray:
+        try:
+            block: np.ndarray = opened.data[start:stop]
+        except OSError as error:  # e.g. a damaged compressed chunk
+            path = self.path_of(location)
+            raise CorruptionError(f"cannot read {path}: {error}", path=path) from error
+        return block
+
+    def _extract(self, location: Location, block: np.ndarray, first: int) -> Payload:
+        start = location.offset - first
+        piece = block[start : start + _element_count(location)]
+        if location.dtype == BLOB:
+            data = piece.tobytes()
+            self.verify(location, data)
+            return data
+        out = np.empty(location.shape, location.dtype)
+        out.reshape(-1)[...] = piece
+        self.verify(location, out)
+        return out
+
+    def _dataset(self, segment: int, need: int) -> _Open:
+        """The open dataset of ``segment``, refreshed until it holds ``need`` elements."""
+        for active in self._active.values():
+            if active.number == segment:
+                opened = active
+                break
+        else:
+            opened = self._readers.get(segment) or self._open_reader(segment)
+            if opened.length < need:
+                opened.data.refresh()
+                opened.length = opened.data.shape[0]
+        if opened.length < need:
+            path = self._files.path(segment)
+            raise CorruptionError(
+                f"{path} holds {opened.length} elements but element {need - 1} was asked for: "
+                "the file is truncated",
+                path=str(path),
+            )
+        return opened
+
+    def _open_reader(self, segment: int) -> _Open:
+        path = self._files.path(segment)
+        try:
+            file = h5py.File(path, "r", libver="latest", swmr=True)
+        except FileNotFoundError:
+            raise CorruptionError(
+                f"segment file {path} is missing: it was removed or never written", path=str(path)
+            ) from None
+        except OSError as error:
+            raise CorruptionError(f"cannot open {path}: {error}", path=str(path)) from error
+        try:
+            data = file["data"]
+        except KeyError:
+            file.close()
+            raise CorruptionError(f"{path} has no dataset 'data'", path=str(path)) from None
+        opened = self._readers[segment] = _Open(segment, file, data, data.shape[0])
+        return opened
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"hdf5 backend {self.root} is closed")
+
+    # -- segments --------------------------------------------------------
+
+    def path_of(self, location: Location) -> str:
+        """Path of the ``.h5`` file holding ``location``."""
+        return str(self._files.path(location.segment))
+
+    def segments(self) -> list[int]:
+        """Numbers of the ``.h5`` files in ``root``."""
+        return self._files.numbers()
+
+    def remove_segment(self, segment: int) -> None:
+        """Delete a segment file, closing this instance's handles on it first."""
+        self._check_open()
+        if not self.writable:
+            raise ReadOnlyError(f"hdf5 backend {self.root} is read-only; cannot remove segments")
+        for storage_dtype, active in list(self._active.items()):
+            if active.number == segment:
+                self._retire(storage_dtype)
+        reader = self._readers.pop(segment, None)
+        if reader is not None:
+            reader.file.close()
+        self._unsynced.discard(segment)
+        self._files.path(segment).unlink(missing_ok=True)
+
+
+def _element_count(location: Location) -> int:
+    return location.shape[0] if location.dtype == BLOB else math.prod(location.shape)

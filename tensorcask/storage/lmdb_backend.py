@@ -1,0 +1,237 @@
+"""Byte strings and tiny arrays as values in one LMDB environment.
+
+The environment lives at ``root``. Its ``data`` database maps a 12-byte key,
+segment (4 bytes) then offset (8 bytes), both big-endian so a segment's keys
+are one contiguous range, to the raw payload bytes. Its ``meta`` database holds
+the counter from which every writable instance takes a fresh segment number.
+
+LMDB forbids opening one environment twice in a process, so instances on the
+same directory share one handle per process (a forked child opens its own).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import lmdb
+import xxhash
+
+from tensorcask.errors import CorruptionError, ReadOnlyError
+from tensorcask.storage.base import Backend, Location, Payload
+from tensorcask.storage.memory import payload_bytes, payload_from_bytes
+
+__all__ = ["LMDBBackend"]
+
+_SEGMENT = struct.Struct(">I")
+_KEY = struct.Struct(">IQ")
+_COUNTER = b"next_segment"
+_MAP_SIZE = 1 << 40  # address space only: the file grows as data does
+
+
+@dataclass(slots=True)
+class _Env:
+    """An environment handle shared by the instances of one process."""
+
+    env: Any
+    data: Any
+    meta: Any
+    readonly: bool
+    pid: int = field(default_factory=os.getpid)
+    users: int = 0
+
+
+_ENVS: dict[tuple[int, str], _Env] = {}
+_ENVS_LOCK = threading.Lock()
+
+
+def _open_env(root: Path, readonly: bool) -> _Env:
+    env = lmdb.open(
+        str(root),
+        subdir=True,
+        map_size=_MAP_SIZE,
+        max_dbs=2,
+        readonly=readonly,
+        create=not readonly,
+        sync=False,
+    )
+    try:
+        data = env.open_db(b"data", create=not readonly)
+        meta = env.open_db(b"meta", create=not readonly)
+    except BaseException:
+        env.close()
+        raise
+    return _Env(env, data, meta, readonly)
+
+
+def _acquire(root: Path, readonly: bool) -> _Env:
+    key = (os.getpid(), str(root.resolve()))
+    with _ENVS_LOCK:
+        shared = _ENVS.get(key)
+        if shared is None:
+            shared = _ENVS[key] = _open_env(root, readonly)
+        elif shared.readonly and not readonly:
+            # A writer joins readers of this process: swap in a writable handle
+            # under them (they take it afresh for every transaction).
+            shared.env.close()
+            fresh = _open_env(root, False)
+            shared.env, shared.data, shared.meta = fresh.env, fresh.data, fresh.meta
+            shared.readonly = False
+        shared.users += 1
+        return shared
+
+
+def _release(root: Path, shared: _Env) -> None:
+    with _ENVS_LOCK:
+        shared.users -= 1
+        if shared.users == 0 and shared.pid == os.getpid():
+            shared.env.close()
+            _ENVS.pop((shared.pid, str(root.resolve())), None)
+
+
+class LMDBBackend(Backend):
+    """Backend for byte strings and tiny arrays in an LMDB environment.
+
+    Parameters
+    ----------
+    root:
+        The environment directory (created if missing when writable).
+    writable:
+        Whether this instance may append. A read-only instance opens the
+        environment read-only, lazily, on first use.
+    """
+
+    name: ClassVar[str] = "lmdb"
+
+    def __init__(self, root: Path, *, writable: bool) -> None:
+        super().__init__(root, writable=writable)
+        self._shared: _Env | None = None
+        self._segment: int | None = None
+        self._next_offset = 0
+        self._closed = False
+        if writable:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._handle()
+
+    def _handle(self) -> _Env:
+        if self._closed:
+            raise ValueError(f"lmdb backend {self.root} is closed")
+        shared = self._shared
+        if shared is not None and shared.pid == os.getpid():
+            return shared
+        path = str(self.root / "data.mdb")
+        if not self.writable and not os.path.exists(path):
+            raise CorruptionError(f"no LMDB environment at {self.root}", path=path)
+        try:
+            shared = self._shared = _acquire(self.root, readonly=not self.writable)
+        except lmdb.Error as error:
+            message = f"cannot open LMDB environment {path}: {error}"
+            raise CorruptionError(message, path=path) from error
+        return shared
+
+    def append(self, values: Sequence[Payload]) -> list[Location]:
+        """Append payloads in one write transaction."""
+        if not self.writable:
+            raise ReadOnlyError(
+                f"lmdb backend {self.root} is read-only; open it writable to append"
+            )
+        shared = self._handle()
+        encoded = [payload_bytes(value) for value in values]
+        with shared.env.begin(write=True) as txn:
+            segment = self._segment
+            if segment is None:
+                counter = txn.get(_COUNTER, db=shared.meta)
+                segment = 1 if counter is None else int.from_bytes(counter, "big")
+                txn.put(_COUNTER, (segment + 1).to_bytes(8, "big"), db=shared.meta)
+                offset = 0
+            else:
+                offset = self._next_offset
+            items = [
+                (_KEY.pack(segment, offset + i), data) for i, (_, _, data) in enumerate(encoded)
+            ]
+            txn.cursor(db=shared.data).putmulti(items)
+        # Only a committed transaction moves this instance on.
+        self._segment, self._next_offset = segment, offset + len(encoded)
+        return [
+            Location(self.name, segment, offset + i, dtype, shape, xxhash.xxh3_64_intdigest(data))
+            for i, (dtype, shape, data) in enumerate(encoded)
+        ]
+
+    def read(self, location: Location) -> Payload:
+        """Read one payload, checksum verified."""
+        return self.read_many([location])[0]
+
+    def read_many(self, locations: Sequence[Location]) -> list[Payload]:
+        """Read payloads in one read transaction."""
+        shared = self._handle()
+        with shared.env.begin(db=shared.data, buffers=True) as txn:
+            return [
+                self._decode(location, txn.get(_KEY.pack(location.segment, location.offset)))
+                for location in locations
+            ]
+
+    def _decode(self, location: Location, data: memoryview | None) -> Payload:
+        if data is None:
+            path = self.path_of(location)
+            raise CorruptionError(
+                f"no payload for segment {location.segment} offset {location.offset} in {path}: "
+                "its segment was removed or never written",
+                path=path,
+            )
+        self.verify(location, data)
+        return payload_from_bytes(location, data)
+
+    def sync(self) -> None:
+        """Flush the environment to disk."""
+        if self.writable:
+            self._handle().env.sync(True)
+
+    def seal(self) -> None:
+        """Make the next append take a new segment number."""
+        self._segment = None
+
+    def close(self) -> None:
+        """Release this instance's share of the environment. Idempotent."""
+        self.seal()
+        if self._shared is not None:
+            _release(self.root, self._shared)
+            self._shared = None
+        self._closed = True
+
+    def path_of(self, location: Location) -> str:
+        """Path of the environment's data file."""
+        return str(self.root / "data.mdb")
+
+    def segments(self) -> list[int]:
+        """Numbers of the segments holding at least one payload."""
+        if not self.writable and not (self.root / "data.mdb").exists():
+            return []
+        shared = self._handle()
+        numbers: list[int] = []
+        with shared.env.begin(db=shared.data) as txn:
+            cursor = txn.cursor()
+            found = cursor.first()
+            while found:
+                (number,) = _SEGMENT.unpack_from(cursor.key())
+                numbers.append(number)
+                found = number < 0xFFFFFFFF and cursor.set_range(_SEGMENT.pack(number + 1))
+        return numbers
+
+    def remove_segment(self, segment: int) -> None:
+        """Delete every payload of a segment in one write transaction."""
+        if not self.writable:
+            raise ReadOnlyError(f"lmdb backend {self.root} is read-only; cannot remove segments")
+        shared = self._handle()
+        prefix = _SEGMENT.pack(segment)
+        with shared.env.begin(write=True, db=shared.data) as txn:
+            cursor = txn.cursor()
+            if cursor.set_range(prefix):
+                while cursor.key()[:4] == prefix and cursor.delete():
+                    pass
+        if segment == self._segment:
+            self.seal()
