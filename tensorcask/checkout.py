@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import CaskError, CheckoutClosedError, ConcurrentUpdateError, ReadOnlyError, SchemaError
+from .errors import (
+    CaskError,
+    CheckoutClosedError,
+    ConcurrentUpdateError,
+    ReadOnlyError,
+    SchemaError,
+)
 from .hashing import canonical_dtype
 from .history.objects import ColumnRoot, ColumnSchema, CommitId
 from .history.refs import HEADS
@@ -45,7 +51,9 @@ class Columns(MutableMapping[str, "Column"]):
         return self._co[name]
 
     def __setitem__(self, name: str, value: Column) -> None:
-        raise TypeError("create columns with add_ndarray_column / add_str_column / add_bytes_column")
+        raise TypeError(
+            "create columns with add_ndarray_column / add_str_column / add_bytes_column"
+        )
 
     def __delitem__(self, name: str) -> None:
         if not isinstance(self._co, WriteCheckout):
@@ -258,7 +266,9 @@ class WriteCheckout(Checkout):
         """
         shape_t = (shape,) if isinstance(shape, int) or shape is None else tuple(shape)
         for d in shape_t:
-            if d is not None and (not isinstance(d, int | np.integer) or isinstance(d, bool) or d < 0):
+            if d is not None and (
+                not isinstance(d, int | np.integer) or isinstance(d, bool) or d < 0
+            ):
                 raise SchemaError(f"column {name!r}: shape {shape_t} must hold ints >= 0 or None")
         shape_t = tuple(None if d is None else int(d) for d in shape_t)
         try:
@@ -391,10 +401,9 @@ class WriteCheckout(Checkout):
         history = self._history
         with self._db.read() as txn:
             state = self._state(txn)
-            edited = self._staging.columns_with_edits(txn)
-            if not edited and not state.columns:
+            edits = self._staging.all_edits(txn)
+            if not edits and not state.columns:
                 raise CaskError(f"nothing to commit on branch {self.branch!r}: no staged changes")
-            edits = {name: self._staging.edits(txn, name) for name in edited}
         roots = dict(history.columns(self.commit_id))
         for name, op in state.columns.items():
             if op["op"] == "delete":

@@ -14,7 +14,7 @@ batch when the block exits (or every :data:`BUFFER_SAMPLES` samples).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from .storage.base import Location, Payload
 from .storage.content import missing_location_error
 
 if TYPE_CHECKING:
-    from .checkout import Checkout
+    from .checkout import Checkout, WriteCheckout
 
 __all__ = ["BUFFER_SAMPLES", "Column"]
 
@@ -83,6 +83,10 @@ class Column:
         return self.schema.max_shape
 
     @property
+    def _writer(self) -> WriteCheckout:
+        return cast("WriteCheckout", self._co)
+
+    @property
     def writable(self) -> bool:
         """Whether this column belongs to a write checkout."""
         return self._co.writable
@@ -90,10 +94,10 @@ class Column:
     def __repr__(self) -> str:
         if self._co.closed:
             return f"<Column {self.name!r} (checkout closed)>"
-        detail = (
-            f"dtype={self.schema.dtype}, shape={self.shape}" if self.kind == "ndarray" else ""
+        detail = f"dtype={self.schema.dtype}, shape={self.shape}" if self.kind == "ndarray" else ""
+        return f"<Column {self.name!r} kind={self.kind} {detail} len={len(self)}>".replace(
+            "  ", " "
         )
-        return f"<Column {self.name!r} kind={self.kind} {detail} len={len(self)}>".replace("  ", " ")
 
     # -- record lookup ---------------------------------------------------
 
@@ -107,12 +111,26 @@ class Column:
                 return None if staged == DELETED else staged
         return co._history.tree.get(self._tree, raw_key)
 
-    def _location(self, digest: bytes, key: object) -> Location:
+    def _digests_of(self, raw_keys: list[bytes]) -> list[bytes | None]:
         co = self._co
+        tree = co._history.tree
+        if not co.writable:
+            return tree.get_many(self._tree, raw_keys)
+        self._flush()
+        out: list[bytes | None] = []
         with co._db.read() as txn:
-            loc = co._store.locate(txn, digest)
+            for k in raw_keys:
+                staged = co._staging.get(txn, self.name, k)
+                if staged is None:
+                    out.append(tree.get(self._tree, k))
+                else:
+                    out.append(None if staged == DELETED else staged)
+        return out
+
+    def _location(self, digest: bytes, key: object) -> Location:
+        loc = self._co._store.locate(digest)
         if loc is None:
-            raise missing_location_error(self.name, key, Digest(digest), co._db.path)
+            raise missing_location_error(self.name, key, Digest(digest), self._co._db.path)
         return loc
 
     def _read(self, loc: Location, key: object) -> Payload:
@@ -155,16 +173,20 @@ class Column:
         self._co._check_open()
         key_list = keys.tolist() if isinstance(keys, np.ndarray) else list(keys)
         raw = encode_keys(key_list)
-        locs = []
-        for key, raw_key in zip(key_list, raw, strict=True):
-            digest = self._digest_of(raw_key)
+        digests = self._digests_of(raw)
+        for key, digest in zip(key_list, digests, strict=True):
             if digest is None:
                 raise KeyError(f"key {key!r} is not in column {self.name!r}")
-            locs.append(self._location(digest, key))
+        found = self._co._store.locate_many(digests)  # type: ignore[arg-type]
+        locs: list[Location] = []
+        for key, digest, loc in zip(key_list, digests, found, strict=True):
+            if loc is None:
+                raise missing_location_error(self.name, key, Digest(digest), self._co._db.path)  # type: ignore[arg-type]
+            locs.append(loc)
         if self.schema.kind == "ndarray" and self.schema.fixed:
             if not locs:
                 assert self.schema.shape is not None
-                return np.empty((0, *self.schema.shape), dtype=self.schema.np_dtype)
+                return np.empty((0, *self.schema.shape), dtype=self.schema.np_dtype)  # type: ignore[arg-type]
             try:
                 return self._co._store.read_stacked(locs)
             except CorruptionError:
@@ -253,7 +275,7 @@ class Column:
                 f"column {self.name!r} belongs to a read-only checkout; "
                 "open one with repo.checkout(write=True) to change it"
             )
-        self._co._check_column(self)
+        self._writer._check_column(self)
 
     def __setitem__(self, key: Key, value: Any) -> None:
         self._check_writable()
@@ -264,10 +286,12 @@ class Column:
             if len(self._buffer) >= BUFFER_SAMPLES:
                 self._flush()
         else:
-            self._co._write(self, [raw_key], [payload], [digest])
+            self._writer._write(self, [raw_key], [payload], [digest])
             self._len = None
 
-    def update(self, data: Mapping[Key, Any] | Sequence[Key] | np.ndarray, values: Any = None) -> None:
+    def update(
+        self, data: Mapping[Key, Any] | Sequence[Key] | np.ndarray, values: Any = None
+    ) -> None:
         """Write many samples: ``update(mapping)`` or ``update(keys, batch)``.
 
         ``update(keys, batch)`` with a stacked array (leading axis = samples)
@@ -281,14 +305,14 @@ class Column:
             keys: list[Any] | np.ndarray = list(data.keys())
             batch: Any = list(data.values())
         else:
-            keys = data if isinstance(data, np.ndarray) else list(data)  # type: ignore[arg-type]
+            keys = data if isinstance(data, np.ndarray) else list(data)
             batch = values
         raw_keys = encode_keys(keys)
         if not raw_keys:
             return
         payloads, digests = prepare_batch(self.schema, batch, len(raw_keys), self.name)
         self._flush()
-        self._co._write(self, raw_keys, payloads, digests)
+        self._writer._write(self, raw_keys, payloads, digests)
         self._len = None
 
     def __delitem__(self, key: Key) -> None:
@@ -301,7 +325,7 @@ class Column:
             staged = co._staging.get(txn, self.name, raw_key)
         if staged == DELETED or (staged is None and not in_base):
             raise KeyError(f"key {key!r} is not in column {self.name!r}")
-        co._delete(self, raw_key, staged_only=not in_base)
+        self._writer._delete(self, raw_key, staged_only=not in_base)
         self._len = None
 
     def __enter__(self) -> Column:
@@ -322,10 +346,10 @@ class Column:
         payloads = [p for p, _ in buffered.values()]
         digests = [d for _, d in buffered.values()]
         if self.schema.kind == "ndarray" and self.schema.fixed:
-            stacked: np.ndarray | list[Payload] = np.stack(payloads)  # type: ignore[arg-type]
+            stacked: np.ndarray | list[Payload] = np.stack(payloads)
         else:
             stacked = payloads
-        self._co._write(self, raw_keys, stacked, digests)
+        self._writer._write(self, raw_keys, stacked, digests)
         self._len = None
 
     def _rebase(self, tree: bytes, count: int) -> None:

@@ -52,7 +52,7 @@ def canonical_array(value: np.ndarray) -> np.ndarray:
     return value if value.flags.c_contiguous else value.copy(order="C")
 
 
-def array_digest_prefix(dtype: np.dtype, shape: tuple[int, ...]) -> hashlib._Hash:
+def array_digest_prefix(dtype: np.dtype, shape: tuple[int, ...]) -> hashlib.blake2b:
     """A blake2b state primed with the header of arrays of this dtype/shape.
 
     Hashing a batch of equal-shape rows copies this state once per row

@@ -64,7 +64,9 @@ def encode_key(key: object) -> bytes:
         return _INT_TAG + value.to_bytes(8, "big")
     if isinstance(key, str):  # a str subclass: store as the plain str it equals
         return _STR_TAG + _str_key(str(key), "key")
-    raise TypeError(f"key {key!r} has type {type(key).__name__}: keys must be str or int (not bool)")
+    raise TypeError(
+        f"key {key!r} has type {type(key).__name__}: keys must be str or int (not bool)"
+    )
 
 
 def encode_keys(keys: Iterable[object] | np.ndarray) -> list[bytes]:
@@ -72,12 +74,18 @@ def encode_keys(keys: Iterable[object] | np.ndarray) -> list[bytes]:
     if isinstance(keys, np.ndarray):
         if keys.dtype.kind in "iu" and keys.ndim == 1:
             if keys.size and (keys.min() < 0):
-                raise ValueError("int keys must be >= 0")
+                raise ValueError(f"int key {int(keys.min())} is negative: int keys must be >= 0")
             raw = keys.astype(">u8").tobytes()
             return [_INT_TAG + raw[i : i + 8] for i in range(0, len(raw), 8)]
         if keys.dtype.kind == "b":
             raise TypeError("keys must be str or int, not bool")
         keys = keys.tolist()
+    keys = list(keys)
+    if keys and all(type(k) is int for k in keys):
+        try:
+            return encode_keys(np.array(keys, dtype=np.int64))
+        except OverflowError:
+            pass  # ints >= 2**63: take the general path
     return [encode_key(k) for k in keys]
 
 

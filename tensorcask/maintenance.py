@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -68,7 +69,7 @@ class GCReport:
 def _ref_targets(repo: Repository) -> list[str]:
     with repo._db.read() as txn:
         refs = repo._history.refs
-        targets = list(refs.listing(txn, HEADS).values()) + list(refs.listing(txn, TAGS).values())
+        targets: list[str] = [*refs.listing(txn, HEADS).values(), *refs.listing(txn, TAGS).values()]
         state = repo._staging.state(txn)
     if state is not None and state.base:
         targets.append(state.base)
@@ -176,10 +177,11 @@ def _verify_tree(
             seen_digests.add(digest)
             report.samples += 1
             key = decode_key(raw_key)
-            with repo._db.read() as txn:
-                loc = store.locate(txn, digest)
+            loc = store.locate(digest)
             if loc is None:
-                report.add(f"column {column!r}, key {key!r}: content {digest.hex()[:16]} is missing")
+                report.add(
+                    f"column {column!r}, key {key!r}: content {digest.hex()[:16]} is missing"
+                )
             elif full:
                 _verify_sample(repo, column, key, root, loc, digest, report)
 
@@ -288,8 +290,6 @@ def _segment_size(root: object, segment: int) -> int:
 
     total = 0
     for path in Path(str(root)).glob(f"{segment:08d}*"):
-        try:
+        with contextlib.suppress(OSError):
             total += path.stat().st_size
-        except OSError:
-            pass
     return total

@@ -27,7 +27,7 @@ def render_summary(repo: Repository) -> str:
     branch = repo.current_branch
     with repo._db.read() as txn:
         head = repo._history.refs.get(txn, HEADS + branch)
-        staged = repo._staging.has_changes(txn)
+    staged = repo.staged_branch == branch
     lines = [
         f"repository : {repo.path}",
         f"disk use   : {format_bytes(repo.disk_usage())}",
@@ -51,7 +51,9 @@ def render_summary(repo: Repository) -> str:
     for name, root in sorted(columns.items()):
         schema = root.schema
         if schema.kind == "ndarray":
-            shape = "(" + ", ".join("None" if d is None else str(d) for d in schema.shape or ()) + ")"
+            shape = (
+                "(" + ", ".join("None" if d is None else str(d) for d in schema.shape or ()) + ")"
+            )
             detail = f"ndarray {schema.dtype} {shape} [{schema.backend}]"
         else:
             detail = schema.kind

@@ -12,11 +12,12 @@ On-disk layout of a repository directory::
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from .checkout import ReadCheckout, WriteCheckout
 from .errors import CaskError, RepositoryNotFoundError
@@ -149,6 +150,16 @@ class Repository:
 
     # -- checkouts -------------------------------------------------------
 
+    @overload
+    def checkout(
+        self, write: Literal[False] = False, *, branch: str | None = None, commit: str | None = None
+    ) -> ReadCheckout: ...
+
+    @overload
+    def checkout(
+        self, write: Literal[True], *, branch: str | None = None, commit: str | None = None
+    ) -> WriteCheckout: ...
+
     def checkout(
         self, write: bool = False, *, branch: str | None = None, commit: str | None = None
     ) -> ReadCheckout | WriteCheckout:
@@ -161,7 +172,9 @@ class Repository:
         """
         if write:
             if commit is not None:
-                raise ValueError("a write checkout writes to a branch head; pass branch=, not commit=")
+                raise ValueError(
+                    "a write checkout writes to a branch head; pass branch=, not commit="
+                )
             return WriteCheckout(self, branch or self.current_branch)
         if commit is not None and branch is not None:
             raise ValueError("pass either branch= or commit=, not both")
@@ -185,6 +198,15 @@ class Repository:
         """The branch write checkouts use by default."""
         with self._db.read() as txn:
             return self._history.refs.current_branch(txn)
+
+    @property
+    def staged_branch(self) -> str | None:
+        """The branch that has uncommitted staged changes, or None."""
+        with self._db.read() as txn:
+            state = self._staging.state(txn)
+            if state is None or not self._staging.has_changes(txn):
+                return None
+            return state.branch
 
     @property
     def branches(self) -> dict[str, CommitId]:
@@ -301,9 +323,6 @@ class Repository:
         total = 0
         for dirpath, _, files in os.walk(self.path):
             for f in files:
-                try:
+                with contextlib.suppress(OSError):
                     total += os.stat(os.path.join(dirpath, f)).st_blocks * 512
-                except OSError:
-                    pass
         return total
-

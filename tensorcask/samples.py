@@ -60,10 +60,16 @@ def _check_array(schema: ColumnSchema, value: Any, column: str, key: object) -> 
 
 
 def _shape_str(shape: tuple[int | None, ...]) -> str:
-    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + (",)" if len(shape) == 1 else ")")
+    return (
+        "("
+        + ", ".join("None" if d is None else str(d) for d in shape)
+        + (",)" if len(shape) == 1 else ")")
+    )
 
 
-def prepare_one(schema: ColumnSchema, value: Any, column: str, key: object) -> tuple[Payload, Digest]:
+def prepare_one(
+    schema: ColumnSchema, value: Any, column: str, key: object
+) -> tuple[Payload, Digest]:
     """Validate one value; return the payload to store and its digest."""
     if schema.kind == "ndarray":
         arr = _check_array(schema, value, column, key)
@@ -135,7 +141,7 @@ def stacked_digests(stacked: np.ndarray) -> list[Digest]:
     base = array_digest_prefix(stacked.dtype, stacked.shape[1:])
     if stacked.size == 0:
         return [Digest(base.digest())] * n
-    view = memoryview(stacked.reshape(-1).view(np.uint8))
+    view = memoryview(stacked.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
     step = stacked.nbytes // n
     out = []
     copy = base.copy

@@ -9,6 +9,9 @@ transactions across processes, so the check and the write are atomic.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import cast
+
 import lmdb
 
 from ..keys import validate_name
@@ -51,7 +54,7 @@ class Refs:
         raw_prefix = prefix.encode()
         cursor = self.db.cursor(txn, "refs")
         if cursor.set_range(raw_prefix):
-            for key, value in cursor:
+            for key, value in cast(Iterator[tuple[bytes, bytes]], cursor):
                 if not key.startswith(raw_prefix):
                     break
                 out[key[len(raw_prefix) :].decode()] = CommitId(bytes(value).hex())

@@ -15,9 +15,10 @@ table suffices:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import lmdb
 
@@ -73,7 +74,9 @@ class Staging:
             return True
         return self.db.cursor(txn, "staging").first()
 
-    def put(self, txn: lmdb.Transaction, column: str, keys: Iterable[bytes], values: Iterable[bytes]) -> None:
+    def put(
+        self, txn: lmdb.Transaction, column: str, keys: Iterable[bytes], values: Iterable[bytes]
+    ) -> None:
         """Stage ``key -> digest`` records (or ``DELETED``) for ``column``."""
         prefix = column.encode() + _SEP
         items = [(prefix + k, v) for k, v in zip(keys, values, strict=True)]
@@ -90,31 +93,32 @@ class Staging:
         cursor = self.db.cursor(txn, "staging")
         out: list[Edit] = []
         if cursor.set_range(prefix):
-            for key, value in cursor:
+            for key, value in cast(Iterator[tuple[bytes, bytes]], cursor):
                 if not key.startswith(prefix):
                     break
                 out.append((bytes(key[n:]), bytes(value) or None))
         return out
 
-    def columns_with_edits(self, txn: lmdb.Transaction) -> list[str]:
-        """Names of columns that have staged record edits."""
-        names: list[str] = []
-        cursor = self.db.cursor(txn, "staging")
-        if not cursor.first():
-            return names
-        while True:
-            key = bytes(cursor.key())
-            name = key.split(_SEP, 1)[0]
-            names.append(name.decode())
-            if not cursor.set_range(name + b"\x01"):
-                return names
+    def all_edits(self, txn: lmdb.Transaction) -> dict[str, list[Edit]]:
+        """Every column's staged edits, sorted by key (deletions as None)."""
+        rows = cast(list[tuple[bytes, bytes]], list(self.db.cursor(txn, "staging").iternext()))
+        out: dict[str, list[Edit]] = {}
+        i = 0
+        while i < len(rows):
+            name = rows[i][0].split(_SEP, 1)[0]
+            # a column's keys are contiguous: "name\0..." sorts below "name\1"
+            j = bisect_left(rows, (name + b"\x01",), lo=i)
+            n = len(name) + 1
+            out[name.decode()] = [(k[n:], v or None) for k, v in rows[i:j]]
+            i = j
+        return out
 
     def drop_column(self, txn: lmdb.Transaction, column: str) -> None:
         """Forget every staged record edit of ``column``."""
         prefix = column.encode() + _SEP
         cursor = self.db.cursor(txn, "staging")
         if cursor.set_range(prefix):
-            while cursor.key().startswith(prefix):
+            while bytes(cursor.key()).startswith(prefix):
                 if not cursor.delete():
                     break
 

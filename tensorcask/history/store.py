@@ -53,7 +53,9 @@ class History:
             with self.db.read() as txn:
                 data = self.db.get(txn, "commits", bytes.fromhex(commit_id))
             if data is None:
-                raise RefNotFoundError(f"commit {commit_id} does not exist in {self.db.path.parent}")
+                raise RefNotFoundError(
+                    f"commit {commit_id} does not exist in {self.db.path.parent}"
+                )
             commit = Commit.from_bytes(data)
             if commit_id_of(data) != commit_id:
                 raise CorruptionError(

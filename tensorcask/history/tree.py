@@ -16,9 +16,9 @@ not O(records).
 
 from __future__ import annotations
 
+import itertools
 import struct
 from bisect import bisect_left, bisect_right
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -82,9 +82,7 @@ def encode_node(level: int, keys: Sequence[bytes], vals: Sequence[bytes]) -> byt
     """Canonical page bytes (what the page hash covers)."""
     offsets = np.zeros(len(keys) + 1, dtype="<u4")
     np.cumsum([len(k) for k in keys], out=offsets[1:])
-    return b"".join(
-        (_HEAD.pack(_MAGIC, level, len(keys)), offsets.tobytes(), *keys, *vals)
-    )
+    return b"".join((_HEAD.pack(_MAGIC, level, len(keys)), offsets.tobytes(), *keys, *vals))
 
 
 def decode_node(data: bytes, node_hash: bytes) -> Node:
@@ -94,7 +92,7 @@ def decode_node(data: bytes, node_hash: bytes) -> Node:
         raise ValueError("not a record-tree page")
     start = _HEAD.size + 4 * (n + 1)
     offs = [start + o for o in np.frombuffer(data, "<u4", n + 1, _HEAD.size).tolist()]
-    keys = [data[a:b] for a, b in zip(offs, offs[1:], strict=False)]
+    keys = [data[a:b] for a, b in itertools.pairwise(offs)]
     return Node(level, keys, data[offs[-1] :], node_hash)
 
 
@@ -117,7 +115,7 @@ class RecordTree:
 
     def __init__(self, load: Callable[[bytes], bytes], cache_pages: int = 4096) -> None:
         self._load = load
-        self._cache: OrderedDict[bytes, Node] = OrderedDict()
+        self._cache: dict[bytes, Node] = {}
         self._cache_pages = cache_pages
         self.pending: dict[bytes, bytes] = {}
         """Pages written by updates and not yet persisted by the caller."""
@@ -128,15 +126,15 @@ class RecordTree:
         """The decoded page ``node_hash``."""
         node = self._cache.get(node_hash)
         if node is not None:
-            self._cache.move_to_end(node_hash)
             return node
         data = self.pending.get(node_hash)
         if data is None:
             data = self._load(node_hash)
         node = decode_node(data, node_hash)
+        if len(self._cache) >= self._cache_pages:
+            # evict the oldest page; upper pages are re-read at once if hot
+            del self._cache[next(iter(self._cache))]
         self._cache[node_hash] = node
-        if len(self._cache) > self._cache_pages:
-            self._cache.popitem(last=False)
         return node
 
     def get(self, root: bytes, key: bytes) -> bytes | None:
@@ -153,6 +151,30 @@ class RecordTree:
         if i < len(node.keys) and node.keys[i] == key:
             return node.value(i)
         return None
+
+    def get_many(self, root: bytes, keys: Sequence[bytes]) -> list[bytes | None]:
+        """Values of several keys (None where absent), in the order given."""
+        if root == EMPTY_ROOT:
+            return [None] * len(keys)
+        top = self.node(root)
+        node_of = self.node
+        out: list[bytes | None] = []
+        for key in keys:
+            node = top
+            while node.level:
+                i = bisect_left(node.keys, key)
+                if i == len(node.keys):
+                    break
+                node = node_of(node.vals[i * INNER_WIDTH : i * INNER_WIDTH + 32])
+            if node.level:
+                out.append(None)
+                continue
+            i = bisect_left(node.keys, key)
+            if i < len(node.keys) and node.keys[i] == key:
+                out.append(node.vals[i * DIGEST_WIDTH : (i + 1) * DIGEST_WIDTH])
+            else:
+                out.append(None)
+        return out
 
     def count(self, root: bytes) -> int:
         """Number of records in the tree."""

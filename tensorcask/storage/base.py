@@ -22,6 +22,7 @@ import struct
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar
 
@@ -71,9 +72,7 @@ class Location:
     def to_bytes(self) -> bytes:
         """Stable binary encoding (stored in the content index)."""
         head = _HEAD.pack(1, self.segment, self.offset, self.checksum, len(self.shape))
-        dims = struct.pack(f"<{len(self.shape)}Q", *self.shape)
-        names = f"{self.backend}\0{self.dtype}".encode()
-        return head + dims + names
+        return head + _tail(self.backend, self.dtype, self.shape)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Location:
@@ -81,10 +80,21 @@ class Location:
         version, segment, offset, checksum, ndim = _HEAD.unpack_from(data)
         if version != 1:
             raise ValueError(f"unknown location encoding version {version}")
-        end = _HEAD.size + 8 * ndim
-        shape = struct.unpack_from(f"<{ndim}Q", data, _HEAD.size)
-        backend, dtype = bytes(data[end:]).decode().split("\0")
-        return cls(backend, segment, offset, dtype, tuple(shape), checksum)
+        shape, backend, dtype = _untail(bytes(data[_HEAD.size :]), ndim)
+        return cls(backend, segment, offset, dtype, shape, checksum)
+
+
+@lru_cache(maxsize=4096)
+def _tail(backend: str, dtype: str, shape: tuple[int, ...]) -> bytes:
+    # rows of one batch share everything but segment, offset and checksum
+    return struct.pack(f"<{len(shape)}Q", *shape) + f"{backend}\0{dtype}".encode()
+
+
+@lru_cache(maxsize=4096)
+def _untail(tail: bytes, ndim: int) -> tuple[tuple[int, ...], str, str]:
+    shape = struct.unpack_from(f"<{ndim}Q", tail)
+    backend, dtype = tail[8 * ndim :].decode().split("\0")
+    return tuple(shape), backend, dtype
 
 
 class Backend(ABC):

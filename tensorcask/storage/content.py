@@ -62,16 +62,13 @@ class ContentStore:
 
     def missing(self, txn: lmdb.Transaction, digests: Sequence[bytes]) -> list[int]:
         """Indexes of the first occurrence of each digest not stored yet."""
-        table = self.db.tables["content"]
-        seen: set[bytes] = set()
-        out = []
+        cursor = txn.cursor(db=self.db.tables["content"])
+        stored = {bytes(k) for k, _ in cursor.getmulti(digests)}
+        first: dict[bytes, int] = {}
         for i, digest in enumerate(digests):
-            if digest in seen:
-                continue
-            seen.add(digest)
-            if txn.get(digest, db=table) is None:
-                out.append(i)
-        return out
+            if digest not in stored:
+                first.setdefault(digest, i)
+        return list(first.values())
 
     def append(
         self,
@@ -97,12 +94,9 @@ class ContentStore:
         else:
             locations = store.append([payloads[i] for i in indexes])
         store.sync()
-        entries = []
-        for i, loc in zip(indexes, locations, strict=True):
-            self._owner[(loc.backend, loc.segment)] = store
-            self._locations[digests[i]] = loc
-            entries.append((digests[i], loc.to_bytes()))
-        return entries
+        for segment in {loc.segment for loc in locations}:
+            self._owner[(store.name, segment)] = store
+        return [(digests[i], loc.to_bytes()) for i, loc in zip(indexes, locations, strict=True)]
 
     def publish(self, txn: lmdb.Transaction, entries: Sequence[tuple[bytes, bytes]]) -> None:
         """Write index entries (inside the caller's publishing transaction)."""
@@ -111,17 +105,34 @@ class ContentStore:
 
     # -- reading ---------------------------------------------------------
 
-    def locate(self, txn: lmdb.Transaction, digest: bytes) -> Location | None:
+    def locate(self, digest: bytes) -> Location | None:
         """Where ``digest`` is stored, or None."""
         loc = self._locations.get(digest)
         if loc is None:
-            raw = txn.get(digest, db=self.db.tables["content"])
+            with self.db.read() as txn:
+                raw = txn.get(digest, db=self.db.tables["content"])
             if raw is None:
                 return None
-            loc = Location.from_bytes(raw)
-            if len(self._locations) >= _CACHE_LIMIT:
-                self._locations.clear()
-            self._locations[digest] = loc
+            loc = self._remember(digest, bytes(raw))
+        return loc
+
+    def locate_many(self, digests: Sequence[bytes]) -> list[Location | None]:
+        """Locations of several digests (one transaction for the uncached ones)."""
+        cache = self._locations
+        out = [cache.get(d) for d in digests]
+        todo = [d for d, loc in zip(digests, out, strict=True) if loc is None]
+        if todo:
+            with self.db.read() as txn:
+                cursor = txn.cursor(db=self.db.tables["content"])
+                for key, raw in cursor.getmulti(todo):
+                    self._remember(bytes(key), bytes(raw))
+            out = [cache.get(d) for d in digests]
+        return out
+
+    def _remember(self, digest: bytes, raw: bytes) -> Location:
+        if len(self._locations) >= _CACHE_LIMIT:
+            self._locations.clear()
+        loc = self._locations[digest] = Location.from_bytes(raw)
         return loc
 
     def _reader(self, loc: Location) -> Backend:

@@ -22,6 +22,8 @@ one write transaction, which LMDB makes atomic and durable (``sync=True``).
 from __future__ import annotations
 
 import json
+import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,8 +37,52 @@ TABLES = ("content", "objects", "commits", "refs", "staging", "meta")
 _MAP_SIZE = 1 << 40  # address space only: LMDB files are sparse
 
 
+_OPEN: dict[tuple[int, str], tuple[lmdb.Environment, int]] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def _acquire_env(path: Path, create: bool) -> lmdb.Environment:
+    """The process's environment for ``path`` (LMDB allows one per process)."""
+    key = (os.getpid(), str(path.resolve()))
+    with _OPEN_LOCK:
+        found = _OPEN.get(key)
+        if found is not None:
+            _OPEN[key] = (found[0], found[1] + 1)
+            return found[0]
+        env = _open_env(path, create)
+        _OPEN[key] = (env, 1)
+        return env
+
+
+def _release_env(path: Path, env: lmdb.Environment) -> None:
+    key = (os.getpid(), str(path.resolve()))
+    with _OPEN_LOCK:
+        found = _OPEN.get(key)
+        if found is None or found[0] is not env:
+            return
+        if found[1] > 1:
+            _OPEN[key] = (env, found[1] - 1)
+        else:
+            del _OPEN[key]
+            env.close()
+
+
+def _open_env(path: Path, create: bool) -> lmdb.Environment:
+    return lmdb.open(
+        str(path),
+        map_size=_MAP_SIZE,
+        max_dbs=len(TABLES) + 2,
+        subdir=True,
+        create=create,
+        sync=True,
+        metasync=True,
+        readahead=False,
+        max_readers=1024,
+    )
+
+
 class MetaDB:
-    """An open metadata environment.
+    """An open metadata environment (shared by every handle in one process).
 
     Parameters
     ----------
@@ -48,22 +94,15 @@ class MetaDB:
 
     def __init__(self, path: Path, *, create: bool = False) -> None:
         self.path = Path(path)
-        self.env = lmdb.open(
-            str(self.path),
-            map_size=_MAP_SIZE,
-            max_dbs=len(TABLES) + 2,
-            subdir=True,
-            create=create,
-            sync=True,
-            metasync=True,
-            readahead=False,
-            max_readers=1024,
-        )
+        self._closed = False
+        self.env = _acquire_env(self.path, create)
         self.tables = {name: self.env.open_db(name.encode(), create=create) for name in TABLES}
 
     def close(self) -> None:
-        """Close the environment. Idempotent."""
-        self.env.close()
+        """Release this handle; the environment closes with its last handle. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            _release_env(self.path, self.env)
 
     @contextmanager
     def read(self) -> Iterator[lmdb.Transaction]:

@@ -43,6 +43,7 @@ class _Env:
     meta: Any
     readonly: bool
     pid: int = field(default_factory=os.getpid)
+    path: str = ""
     users: int = 0
 
 
@@ -66,7 +67,7 @@ def _open_env(root: Path, readonly: bool) -> _Env:
     except BaseException:
         env.close()
         raise
-    return _Env(env, data, meta, readonly)
+    return _Env(env, data, meta, readonly, path=str(root.resolve()))
 
 
 def _acquire(root: Path, readonly: bool) -> _Env:
@@ -86,12 +87,12 @@ def _acquire(root: Path, readonly: bool) -> _Env:
         return shared
 
 
-def _release(root: Path, shared: _Env) -> None:
+def _release(shared: _Env) -> None:
     with _ENVS_LOCK:
         shared.users -= 1
         if shared.users == 0 and shared.pid == os.getpid():
             shared.env.close()
-            _ENVS.pop((shared.pid, str(root.resolve())), None)
+            _ENVS.pop((shared.pid, shared.path), None)
 
 
 class LMDBBackend(Backend):
@@ -142,6 +143,8 @@ class LMDBBackend(Backend):
             )
         shared = self._handle()
         encoded = [payload_bytes(value) for value in values]
+        if not encoded:
+            return []
         with shared.env.begin(write=True) as txn:
             segment = self._segment
             if segment is None:
@@ -199,7 +202,7 @@ class LMDBBackend(Backend):
         """Release this instance's share of the environment. Idempotent."""
         self.seal()
         if self._shared is not None:
-            _release(self.root, self._shared)
+            _release(self._shared)
             self._shared = None
         self._closed = True
 

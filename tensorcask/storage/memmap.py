@@ -288,35 +288,40 @@ class MemmapBackend(Backend):
         """
         if not locations:
             raise ValueError("read_stacked needs at least one location")
-        first = locations[0]
-        dtype, shape = first.dtype, first.shape
-        if any(loc.dtype != dtype or loc.shape != shape for loc in locations):
-            raise ValueError("read_stacked needs locations of one dtype and shape; use read_many")
-        self._check_readable(first)
         count = len(locations)
+        # One pass over the locations: touching each (scattered) object once
+        # is most of the cost of a small random batch.
+        fields = [
+            (loc.segment, loc.offset, loc.checksum, loc.dtype, loc.shape) for loc in locations
+        ]
+        segments, offsets, expected, dtypes, shapes = zip(*fields, strict=True)
+        dtype, shape = dtypes[0], shapes[0]
+        if dtypes.count(dtype) != count or shapes.count(shape) != count:
+            raise ValueError("read_stacked needs locations of one dtype and shape; use read_many")
+        self._check_readable(locations[0])
         out = np.empty((count, *shape), dtype)
-        expected = [loc.checksum for loc in locations]
         row_bytes = out.nbytes // count
         if row_bytes == 0:
             got = [_EMPTY_CHECKSUM] * count
         else:
-            segments = [loc.segment for loc in locations]
-            offsets = np.fromiter((loc.offset for loc in locations), np.intp, count)
+            rows_at = np.array(offsets, np.intp)
             if segments.count(segments[0]) == count:
-                rows = self._rows(segments[0], dtype, shape, int(offsets.max()) + 1)
-                np.take(rows, offsets, axis=0, out=out, mode="clip")
+                rows = self._rows(segments[0], dtype, shape, int(rows_at.max()) + 1)
+                np.take(rows, rows_at, axis=0, out=out, mode="clip")
             else:
-                by_segment = np.asarray(segments)
+                by_segment = np.array(segments)
                 for segment in set(segments):
                     where = np.flatnonzero(by_segment == segment)
-                    wanted = offsets[where]
+                    wanted = rows_at[where]
                     rows = self._rows(segment, dtype, shape, int(wanted.max()) + 1)
                     out[where] = rows[wanted]
             flat = out.reshape(-1).view(np.uint8).data
             hash_row = xxhash.xxh3_64_intdigest
             got = [hash_row(flat[i : i + row_bytes]) for i in range(0, len(flat), row_bytes)]
-        if got != expected:
-            bad = next(i for i, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b)
+        if got != list(expected):
+            bad = next(
+                i for i, pair in enumerate(zip(got, expected, strict=True)) if pair[0] != pair[1]
+            )
             self.verify(locations[bad], out[bad : bad + 1])
         return out
 

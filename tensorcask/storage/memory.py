@@ -94,6 +94,8 @@ class MemoryBackend(Backend):
                 f"memory backend {self.root} is read-only; open it writable to append"
             )
         encoded = [payload_bytes(value) for value in values]
+        if not encoded:
+            return []
         if self._active is None or self._active not in self.store:
             # Taking the number and registering it in one step keeps two
             # instances sharing a store from ever writing to one segment.
