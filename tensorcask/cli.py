@@ -119,11 +119,6 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _has_staged_changes(repo: tc.Repository) -> bool:
-    # The public API exposes staging state only through the summary report.
-    return "(staged changes pending)" in repo.summary()
-
-
 def _describe_holder(holder: dict[str, Any]) -> str:
     text = (
         f"pid {holder.get('pid')} on host {holder.get('host')} since {holder.get('since')} "
@@ -137,7 +132,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     with _open(args) as repo:
         branch = repo.current_branch
         head = repo.branches.get(branch)
-        staged = _has_staged_changes(repo)
+        staged = repo.staged_branch
         holder = read_holder(repo.path / "writer.lock")
         if args.json:
             _json(
@@ -145,14 +140,15 @@ def cmd_status(args: argparse.Namespace) -> int:
                     "path": str(repo.path),
                     "branch": branch,
                     "head": head,
-                    "staged_changes": staged,
+                    "staged_changes": staged is not None,
+                    "staged_branch": staged,
                     "writer_lock": holder,
                 }
             )
             return 0
         _out(f"On branch {branch}")
         _out(f"head: {head}" if head else "head: (no commits yet)")
-        _out("staged changes: " + ("pending" if staged else "none"))
+        _out("staged changes: " + (f"pending on branch {staged}" if staged else "none"))
         _out("writer lock: " + (f"held by {_describe_holder(holder)}" if holder else "free"))
     return 0
 
@@ -226,7 +222,7 @@ def _summary_doc(repo: tc.Repository) -> dict[str, Any]:
         "path": str(repo.path),
         "disk_usage_bytes": repo.disk_usage(),
         "branch": branch,
-        "staged_changes": _has_staged_changes(repo),
+        "staged_changes": repo.staged_branch is not None,
         "branches": repo.branches,
         "tags": repo.tags,
         "head": _commit_doc(infos[0]) if infos else None,

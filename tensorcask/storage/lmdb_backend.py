@@ -125,6 +125,11 @@ class LMDBBackend(Backend):
         shared = self._shared
         if shared is not None and shared.pid == os.getpid():
             return shared
+        if shared is not None:
+            # A forked child: LMDB handles must not cross fork, and the
+            # parent goes on writing its segment, so take a new one.
+            self._shared = None
+            self.seal()
         path = str(self.root / "data.mdb")
         if not self.writable and not os.path.exists(path):
             raise CorruptionError(f"no LMDB environment at {self.root}", path=path)

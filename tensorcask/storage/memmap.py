@@ -135,6 +135,7 @@ class MemmapBackend(Backend):
         self._unsynced: set[int] = set()
         self._maps: dict[int, np.ndarray] = {}
         self._closed = False
+        self._pid = os.getpid()
         if writable:
             self.root.mkdir(parents=True, exist_ok=True)
 
@@ -211,6 +212,12 @@ class MemmapBackend(Backend):
         return locations
 
     def _segment_for(self, key: tuple[str, tuple[int, ...]], row_bytes: int) -> _Active:
+        if self._pid != os.getpid():
+            # A forked child shares the parent's descriptors and file offsets:
+            # let the parent keep its segments and start new ones here.
+            self._pid = os.getpid()
+            self.seal()
+            self._unsynced.clear()
         segment = self._active.get(key)
         if (
             segment is not None

@@ -393,3 +393,33 @@ def test_writer_killed_mid_append_leaves_synced_data_readable(
     check(writer, synced, 7)
     assert same(writer.read(after), np.arange(10.0))
     writer.close()
+
+
+@pytest.mark.parametrize("name", ["memmap", "lmdb"])
+def test_forked_child_writes_its_own_segment(tmp_path: Path, name: str) -> None:
+    backend = open_backend(name, tmp_path / name, writable=True)
+    parent = backend.append([np.arange(6.0)])[0]
+    backend.sync()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report through the pipe, never return into pytest
+        status = 1
+        try:
+            assert same(backend.read(parent), np.arange(6.0))
+            child = backend.append([np.arange(6.0) * 2])[0]
+            backend.sync()
+            os.write(write_end, child.to_bytes())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read()
+    assert os.waitpid(pid, 0)[1] == 0
+    child = Location.from_bytes(answer)
+    assert child.segment != parent.segment
+    later = backend.append([np.arange(6.0) * 3])[0]
+    assert later.segment == parent.segment
+    assert same(backend.read(child), np.arange(6.0) * 2)
+    assert all(map(same, backend.read_many([parent, later]), [np.arange(6.0), np.arange(6.0) * 3]))
+    backend.close()
