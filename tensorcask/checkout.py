@@ -372,6 +372,7 @@ class WriteCheckout(Checkout):
         with self._db.write() as txn:
             self._store.publish(txn, entries)
             self._staging.put(txn, column.name, raw_keys, digests)
+        self._store.maintain()
 
     def _delete(self, column: Column, raw_key: bytes, *, staged_only: bool) -> None:
         self._lock.check_owned()

@@ -255,19 +255,14 @@ def collect_garbage(repo: Repository) -> GCReport:
                 if bytes(key) not in live:
                     db.delete(txn, table, bytes(key))
                     setattr(report, attr, getattr(report, attr) + 1)
-        dead = []
-        for key, value in db.cursor(txn, "content"):
-            loc = Location.from_bytes(bytes(value))
-            if bytes(key) in live_digests:
-                live_segments.add((loc.backend, loc.segment))
-            else:
-                dead.append(bytes(key))
-        for key in dead:
-            db.delete(txn, "content", key)
-        report.samples = len(dead)
-    repo._reader_store.forget(dead)
     store = ContentStore(repo.path / "data", db, writable=True)
     try:
+        report.samples = store.index.retain(live_digests)
+        with db.read() as txn:
+            for _, raw in store.index.items(txn):
+                loc = Location.from_bytes(raw)
+                live_segments.add((loc.backend, loc.segment))
+        repo._reader_store.forget_all()
         _remove_dead_segments(store, live_segments, report)
     finally:
         store.close()

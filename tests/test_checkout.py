@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -279,6 +281,7 @@ def test_writer_lock_across_processes_names_holder_pid(repo):
         with pytest.raises(tc.WriterLockError) as info:
             repo.checkout(write=True)
         assert str(child.pid) in str(info.value)
+        assert socket.gethostname() in str(info.value)
         assert isinstance(info.value, PermissionError)
     finally:
         child.stdin.write("done\n")
@@ -287,6 +290,27 @@ def test_writer_lock_across_processes_names_holder_pid(repo):
     with repo.checkout(write=True) as co:
         co.add_str_column("s")["k"] = "mine now"
         assert HEX40.fullmatch(co.commit("after the child"))
+
+
+def test_lock_of_a_dead_holder_is_taken_over_with_a_warning(repo):
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLD_WRITER, str(repo.path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout.readline().strip() == "ready"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=60)
+        child.stdin.close()
+        child.stdout.close()
+    with pytest.warns(RuntimeWarning, match=str(child.pid)):
+        co = repo.checkout(write=True)
+    with co:
+        co.add_str_column("s")["k"] = "after takeover"
+        assert HEX40.fullmatch(co.commit("after takeover"))
 
 
 def test_force_release_writer_lock(repo):

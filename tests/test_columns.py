@@ -128,7 +128,12 @@ def test_unbounded_variable_shape(repo):
 
 
 def test_str_column(repo):
-    values = {"plain": "hello", "unicode": "héllo wörld ✓ 日本語 🚀", "empty": "", "nl": "a\nb\x00c"}
+    values = {
+        "plain": "hello",
+        "unicode": "héllo wörld ✓ 日本語 🚀",
+        "empty": "",
+        "nl": "a\nb\x00c",
+    }
     with repo.checkout(write=True) as co:
         col = co.add_str_column("captions")
         col.update(values)
@@ -379,8 +384,9 @@ def test_numpy_integer_keys_equal_python_ints(repo):
         col[np.uint8(6)] = "six"
         assert col[5] == "five"
         assert col[6] == "six"
-        assert col.keys() == [5, 6]
-        assert all(type(k) is int for k in col.keys())
+        keys = col.keys()
+        assert keys == [5, 6]
+        assert all(type(k) is int for k in keys)
         with pytest.raises(ValueError):
             col.update(np.array([1, -1]), ["a", "b"])
         assert col.keys() == [5, 6]
@@ -590,7 +596,9 @@ def test_column_attributes(repo):
     with repo.checkout(write=True) as co:
         img = co.add_ndarray_column("images", shape=(28, 28), dtype="uint8")
         lab = co.add_ndarray_column("labels", shape=(), dtype="int64")
-        vol = co.add_ndarray_column("vol", shape=(None, 64, 64), dtype="float32", max_shape=(8, 64, 64))
+        vol = co.add_ndarray_column(
+            "vol", shape=(None, 64, 64), dtype="float32", max_shape=(8, 64, 64)
+        )
         txt = co.add_str_column("captions")
         raw = co.add_bytes_column("raw_jpeg")
         img[0] = np.zeros((28, 28), np.uint8)
@@ -598,7 +606,12 @@ def test_column_attributes(repo):
     with repo.checkout() as co:
         img, lab, vol = co["images"], co["labels"], co["vol"]
         txt, raw = co["captions"], co["raw_jpeg"]
-        assert (img.name, img.kind, img.dtype, img.shape) == ("images", "ndarray", np.uint8, (28, 28))
+        assert (img.name, img.kind, img.dtype, img.shape) == (
+            "images",
+            "ndarray",
+            np.uint8,
+            (28, 28),
+        )
         assert img.max_shape == (28, 28)
         assert (lab.kind, lab.dtype, lab.shape, lab.max_shape) == ("ndarray", np.int64, (), ())
         assert (vol.dtype, vol.shape, vol.max_shape) == (np.float32, (None, 64, 64), (8, 64, 64))

@@ -21,6 +21,7 @@ from ..hashing import Digest
 from .backends import open_backend
 from .base import Backend, Location, Payload
 from .db import MetaDB
+from .index import ContentIndex
 
 __all__ = ["ContentStore"]
 
@@ -47,6 +48,7 @@ class ContentStore:
         self._backends: dict[tuple[str, str | None], Backend] = {}
         self._owner: dict[tuple[str, int], Backend] = {}
         self._locations: dict[bytes, Location] = {}
+        self.index = ContentIndex(db, self.data_dir.parent / "index")
 
     def backend(self, name: str, compression: str | None = None) -> Backend:
         """The backend instance for ``name`` (and compression), opened lazily."""
@@ -62,8 +64,8 @@ class ContentStore:
 
     def missing(self, txn: lmdb.Transaction, digests: Sequence[bytes]) -> list[int]:
         """Indexes of the first occurrence of each digest not stored yet."""
-        cursor = txn.cursor(db=self.db.tables["content"])
-        stored = {bytes(k) for k, _ in cursor.getmulti(digests)}
+        found = self.index.lookup(txn, list(dict.fromkeys(digests)))
+        stored = {d for d, loc in zip(dict.fromkeys(digests), found, strict=True) if loc}
         first: dict[bytes, int] = {}
         for i, digest in enumerate(digests):
             if digest not in stored:
@@ -100,32 +102,33 @@ class ContentStore:
 
     def publish(self, txn: lmdb.Transaction, entries: Sequence[tuple[bytes, bytes]]) -> None:
         """Write index entries (inside the caller's publishing transaction)."""
-        if entries:
-            txn.cursor(db=self.db.tables["content"]).putmulti(entries, overwrite=False)
+        self.index.add(txn, entries)
+
+    def maintain(self) -> None:
+        """Compact the content index when its recent table is full (writer only)."""
+        with self.db.read() as txn:
+            due = self.index.needs_compaction(txn)
+        if due:
+            self.index.compact()
 
     # -- reading ---------------------------------------------------------
 
     def locate(self, digest: bytes) -> Location | None:
         """Where ``digest`` is stored, or None."""
         loc = self._locations.get(digest)
-        if loc is None:
-            with self.db.read() as txn:
-                raw = txn.get(digest, db=self.db.tables["content"])
-            if raw is None:
-                return None
-            loc = self._remember(digest, bytes(raw))
-        return loc
+        return loc if loc is not None else self.locate_many([digest])[0]
 
     def locate_many(self, digests: Sequence[bytes]) -> list[Location | None]:
-        """Locations of several digests (one transaction for the uncached ones)."""
+        """Locations of several digests (one snapshot for the uncached ones)."""
         cache = self._locations
         out = [cache.get(d) for d in digests]
         todo = [d for d, loc in zip(digests, out, strict=True) if loc is None]
         if todo:
             with self.db.read() as txn:
-                cursor = txn.cursor(db=self.db.tables["content"])
-                for key, raw in cursor.getmulti(todo):
-                    self._remember(bytes(key), bytes(raw))
+                found = self.index.lookup(txn, todo)
+            for digest, raw in zip(todo, found, strict=True):
+                if raw is not None:
+                    self._remember(digest, raw)
             out = [cache.get(d) for d in digests]
         return out
 
@@ -154,10 +157,10 @@ class ContentStore:
         """Full path of the file holding ``loc``."""
         return self._reader(loc).path_of(loc)
 
-    def forget(self, digests: Sequence[bytes]) -> None:
-        """Drop cached locations (after gc removed their index entries)."""
-        for digest in digests:
-            self._locations.pop(digest, None)
+    def forget_all(self) -> None:
+        """Drop cached locations and run maps (after gc rewrote the index)."""
+        self._locations.clear()
+        self.index.forget_runs()
 
     def sync(self) -> None:
         """fsync every backend written through this store."""

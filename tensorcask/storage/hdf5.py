@@ -14,6 +14,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import ClassVar
 
@@ -91,6 +92,8 @@ class HDF5Backend(Backend):
                 described.append((BLOB, (len(value),), xxhash.xxh3_64_intdigest(value)))
             else:
                 array = np.asarray(value)
+                if not array.flags.c_contiguous:
+                    array = array.copy()
                 if array.dtype.hasobject:
                     raise TypeError(
                         f"cannot store an array of dtype {array.dtype}: it holds objects"
@@ -105,7 +108,7 @@ class HDF5Backend(Backend):
         for storage_dtype, indices in groups.items():
             segment = self._writer(storage_dtype)
             sizes = [flats[i].size for i in indices]
-            starts = np.cumsum([segment.length, *sizes[:-1]]).tolist()
+            starts = accumulate(sizes[:-1], initial=segment.length)
             total = sum(sizes)
             if total:
                 data = np.concatenate([flats[i] for i in indices])
@@ -127,6 +130,7 @@ class HDF5Backend(Backend):
         number, fd = self._files.create()
         os.close(fd)
         path = self._files.path(number)
+        file = None
         try:
             # The empty file is ours alone (created with O_EXCL): truncating
             # it into an HDF5 file races with no one.
@@ -142,6 +146,8 @@ class HDF5Backend(Backend):
             )
             file.swmr_mode = True
         except BaseException:
+            if file is not None:
+                file.close()
             path.unlink(missing_ok=True)
             raise
         segment = self._active[storage_dtype] = _Open(number, file, data, 0)

@@ -42,8 +42,8 @@ class _Env:
     data: Any
     meta: Any
     readonly: bool
+    path: str
     pid: int = field(default_factory=os.getpid)
-    path: str = ""
     users: int = 0
 
 
@@ -67,12 +67,18 @@ def _open_env(root: Path, readonly: bool) -> _Env:
     except BaseException:
         env.close()
         raise
-    return _Env(env, data, meta, readonly, path=str(root.resolve()))
+    return _Env(env, data, meta, readonly, str(root.resolve()))
 
 
 def _acquire(root: Path, readonly: bool) -> _Env:
     key = (os.getpid(), str(root.resolve()))
     with _ENVS_LOCK:
+        for inherited in [other for other in _ENVS if other[0] != key[0]]:
+            # Handles a forked child inherited are unusable here, and py-lmdb
+            # refuses to reopen their files while they are open. Closing them
+            # is safe: no transaction outlives a call, and the parent's fcntl
+            # locks were not inherited.
+            _ENVS.pop(inherited).env.close()
         shared = _ENVS.get(key)
         if shared is None:
             shared = _ENVS[key] = _open_env(root, readonly)

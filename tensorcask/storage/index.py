@@ -1,0 +1,293 @@
+"""The content index: digest -> encoded location, log-structured.
+
+Digests are uniformly random, so inserting them into one large B-tree
+dirties pages all over it on every batch: the cost of a write would grow
+with the repository. Instead the index is two-tiered, like an LSM tree:
+
+* the ``content`` LMDB table holds recent entries; it is kept below
+  :data:`RECENT_LIMIT` entries, so a batch of inserts touches a bounded
+  number of pages;
+* when it fills up, the writer compacts it into an immutable *run file*:
+  entries sorted by digest, memory-mapped by readers and searched with
+  vectorised ``searchsorted``. Runs of the same tier are merged once
+  :data:`FANOUT` of them exist, so lookups visit O(log n) runs.
+
+Run files are written and fsynced before the metadata transaction that lists
+them (``meta["runs"]``) commits, and removed only after the transaction that
+unlists them, so a crash leaves at worst an unlisted file that ``gc``
+deletes. A reader resolves recent entries and the run list in one snapshot.
+
+Run file layout (little-endian)::
+
+    b"TCIX0001" | count u64 | blob bytes u64
+    prefixes  count x u64   first 8 digest bytes as a big-endian integer (sort key)
+    digests   count x 32 bytes
+    offsets   (count + 1) x u64 into the blob
+    blob      concatenated encoded locations
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import lmdb
+import numpy as np
+
+from ..errors import CorruptionError
+from .db import MetaDB
+
+__all__ = ["FANOUT", "RECENT_LIMIT", "ContentIndex"]
+
+RECENT_LIMIT = 1 << 16
+FANOUT = 4
+_MAGIC = b"TCIX0001"
+_HEAD = struct.Struct("<8sQQ")
+
+
+def _prefixes(digests: np.ndarray) -> np.ndarray:
+    """Sort keys of an (n, 32) uint8 digest array."""
+    return np.ascontiguousarray(digests[:, :8]).view(">u8").ravel().astype("<u8")
+
+
+class Run:
+    """One immutable, memory-mapped run file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        raw = np.memmap(path, dtype=np.uint8, mode="r")
+        magic, count, blob = _HEAD.unpack_from(raw[: _HEAD.size].tobytes())
+        if magic != _MAGIC or raw.size != _HEAD.size + count * 48 + 8 + blob:
+            raise CorruptionError(f"content index run {path} is damaged", path=str(path))
+        pos = _HEAD.size
+        self.count = count
+        self.prefixes = raw[pos : pos + 8 * count].view("<u8")
+        pos += 8 * count
+        self.digests = raw[pos : pos + 32 * count].reshape(count, 32)
+        pos += 32 * count
+        self.offsets = raw[pos : pos + 8 * (count + 1)].view("<u8")
+        self.blob = raw[pos + 8 * (count + 1) :]
+
+    def location(self, i: int) -> bytes:
+        """Encoded location of entry ``i``."""
+        return self.blob[int(self.offsets[i]) : int(self.offsets[i + 1])].tobytes()
+
+    def find(self, queries: np.ndarray, prefixes: np.ndarray) -> np.ndarray:
+        """Entry index of each query digest, or -1."""
+        count = self.count
+        if count == 0:
+            return np.full(len(queries), -1, np.int64)
+        pos = np.searchsorted(self.prefixes, prefixes)
+        inside = pos < count
+        clipped = np.minimum(pos, count - 1)
+        hit = inside & (self.prefixes[clipped] == prefixes)
+        hit &= (self.digests[clipped] == queries).all(axis=1)
+        out = np.where(hit, clipped, -1)
+        # equal 8-byte prefixes of different digests: scan the (tiny) run of equals
+        for q in np.flatnonzero(inside & ~hit & (self.prefixes[clipped] == prefixes)):
+            p = int(pos[q])
+            while p < count and self.prefixes[p] == prefixes[q]:
+                if (self.digests[p] == queries[q]).all():
+                    out[q] = p
+                    break
+                p += 1
+        return out
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every ``(digest, encoded location)``."""
+        for i in range(self.count):
+            yield self.digests[i].tobytes(), self.location(i)
+
+
+def write_run(directory: Path, entries: Sequence[tuple[bytes, bytes]]) -> str:
+    """Write sorted-or-not entries as a new run file (fsynced); return its name."""
+    digests = np.frombuffer(b"".join(d for d, _ in entries), np.uint8).reshape(-1, 32)
+    prefixes = _prefixes(digests)
+    order = np.argsort(prefixes, kind="stable")
+    locs = [entries[i][1] for i in order.tolist()]
+    offsets = np.zeros(len(locs) + 1, "<u8")
+    np.cumsum([len(b) for b in locs], out=offsets[1:])
+    blob = b"".join(locs)
+    name = f"{uuid.uuid4().hex}.run"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    with open(path, "xb") as f:
+        f.write(_HEAD.pack(_MAGIC, len(locs), len(blob)))
+        f.write(prefixes[order].tobytes())
+        f.write(digests[order].tobytes())
+        f.write(offsets.tobytes())
+        f.write(blob)
+        f.flush()
+        os.fsync(f.fileno())
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return name
+
+
+class ContentIndex:
+    """Digest -> encoded location over the recent table and the run files.
+
+    Parameters
+    ----------
+    db:
+        The metadata database (``content`` table and ``meta["runs"]``).
+    directory:
+        Folder of the run files.
+    """
+
+    def __init__(self, db: MetaDB, directory: Path) -> None:
+        self.db = db
+        self.directory = Path(directory)
+        self._runs: dict[str, Run] = {}
+
+    # -- reading ---------------------------------------------------------
+
+    def run_list(self, txn: lmdb.Transaction) -> list[dict[str, int | str]]:
+        """The listed runs, newest first: ``{"name", "tier", "count"}``."""
+        return list(self.db.get_json(txn, "runs") or [])
+
+    def _run(self, name: str) -> Run:
+        run = self._runs.get(name)
+        if run is None:
+            run = self._runs[name] = Run(self.directory / name)
+        return run
+
+    def forget_runs(self) -> None:
+        """Drop cached run maps (they are re-opened on demand)."""
+        self._runs.clear()
+
+    def lookup(self, txn: lmdb.Transaction, digests: Sequence[bytes]) -> list[bytes | None]:
+        """Encoded location of each digest (None where absent), in one snapshot."""
+        table = self.db.tables["content"]
+        found: dict[bytes, bytes] = {
+            bytes(k): bytes(v) for k, v in txn.cursor(db=table).getmulti(digests)
+        }
+        rest = [d for d in digests if d not in found]
+        runs = self.run_list(txn)
+        if rest and runs:
+            unique = list(dict.fromkeys(rest))
+            queries = np.frombuffer(b"".join(unique), np.uint8).reshape(-1, 32)
+            prefixes = _prefixes(queries)
+            todo = np.arange(len(unique))
+            for entry in runs:
+                run = self._run(str(entry["name"]))
+                where = run.find(queries[todo], prefixes[todo])
+                for q, i in zip(todo[where >= 0].tolist(), where[where >= 0].tolist(), strict=True):
+                    found[unique[q]] = run.location(i)
+                todo = todo[where < 0]
+                if not todo.size:
+                    break
+        return [found.get(d) for d in digests]
+
+    def items(self, txn: lmdb.Transaction) -> Iterator[tuple[bytes, bytes]]:
+        """Every entry: recent ones, then each run's."""
+        for k, v in txn.cursor(db=self.db.tables["content"]):
+            yield bytes(k), bytes(v)
+        for entry in self.run_list(txn):
+            yield from self._run(str(entry["name"])).items()
+
+    # -- writing (writer lock held) ---------------------------------------
+
+    def add(self, txn: lmdb.Transaction, entries: Sequence[tuple[bytes, bytes]]) -> None:
+        """Publish new entries in the caller's transaction."""
+        if entries:
+            cursor = txn.cursor(db=self.db.tables["content"])
+            cursor.putmulti(sorted(entries), overwrite=False)
+
+    def needs_compaction(self, txn: lmdb.Transaction) -> bool:
+        """Whether the recent table outgrew :data:`RECENT_LIMIT`."""
+        return int(txn.stat(self.db.tables["content"])["entries"]) >= RECENT_LIMIT
+
+    def compact(self) -> None:
+        """Move the recent table into a run file, then merge full tiers."""
+        with self.db.read() as txn:
+            entries = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=self.db.tables["content"])]
+        if entries:
+            name = write_run(self.directory, entries)
+            with self.db.write() as txn:
+                runs = self.run_list(txn)
+                runs.insert(0, {"name": name, "tier": 0, "count": len(entries)})
+                self.db.put_json(txn, "runs", runs)
+                self.db.drop(txn, "content")
+        while self._merge_one_tier():
+            pass
+
+    def _merge_one_tier(self) -> bool:
+        with self.db.read() as txn:
+            runs = self.run_list(txn)
+        tiers: dict[int, list[dict[str, int | str]]] = {}
+        for entry in runs:
+            tiers.setdefault(int(entry["tier"]), []).append(entry)
+        full = next((t for t, members in sorted(tiers.items()) if len(members) >= FANOUT), None)
+        if full is None:
+            return False
+        members = tiers[full][-FANOUT:]  # the oldest of that tier
+        self._replace(members, tier=full + 1, keep=None)
+        return True
+
+    def _replace(
+        self,
+        members: list[dict[str, int | str]],
+        *,
+        tier: int,
+        keep: set[bytes] | None,
+    ) -> int:
+        """Rewrite ``members`` as one run (dropping digests not in ``keep``)."""
+        entries = [
+            item
+            for entry in members
+            for item in self._run(str(entry["name"])).items()
+            if keep is None or item[0] in keep
+        ]
+        dropped = sum(int(m["count"]) for m in members) - len(entries)
+        name = write_run(self.directory, entries) if entries else None
+        names = {str(m["name"]) for m in members}
+        with self.db.write() as txn:
+            runs = [r for r in self.run_list(txn) if r["name"] not in names]
+            if name is not None:
+                runs.insert(0, {"name": name, "tier": tier, "count": len(entries)})
+                runs.sort(key=lambda r: int(r["tier"]))  # small, young tiers are searched first
+            self.db.put_json(txn, "runs", runs)
+        self._unlink(names)
+        return dropped
+
+    def retain(self, live: set[bytes]) -> int:
+        """Drop every entry whose digest is not in ``live``; return how many."""
+        removed = 0
+        with self.db.write() as txn:
+            cursor = txn.cursor(db=self.db.tables["content"])
+            dead = [
+                bytes(k) for k in cursor.iternext(keys=True, values=False) if bytes(k) not in live
+            ]
+            for key in dead:
+                txn.delete(key, db=self.db.tables["content"])
+            removed += len(dead)
+            runs = self.run_list(txn)
+        for entry in runs:
+            run = self._run(str(entry["name"]))
+            if any(run.digests[i].tobytes() not in live for i in range(run.count)):
+                removed += self._replace([entry], tier=int(entry["tier"]), keep=live)
+        self.remove_unlisted()
+        return removed
+
+    def remove_unlisted(self) -> None:
+        """Delete run files no listing names (left by a crash)."""
+        if not self.directory.exists():
+            return
+        with self.db.read() as txn:
+            listed = {str(r["name"]) for r in self.run_list(txn)}
+        self._unlink({p.name for p in self.directory.glob("*.run")} - listed)
+
+    def _unlink(self, names: Iterable[str]) -> None:
+        for name in names:
+            self._runs.pop(name, None)
+            try:
+                (self.directory / name).unlink()
+            except FileNotFoundError:
+                pass
