@@ -43,7 +43,7 @@ Edit = tuple[bytes, bytes | None]
 class Node:
     """A decoded page: sorted keys and fixed-width values."""
 
-    __slots__ = ("hash", "keys", "level", "vals", "width")
+    __slots__ = ("_positions", "hash", "keys", "level", "vals", "width")
 
     def __init__(self, level: int, keys: list[bytes], vals: bytes, node_hash: bytes) -> None:
         self.level = level
@@ -51,6 +51,14 @@ class Node:
         self.vals = vals
         self.width = DIGEST_WIDTH if level == 0 else INNER_WIDTH
         self.hash = node_hash
+        self._positions: dict[bytes, int] | None = None
+
+    def position(self, key: bytes) -> int:
+        """Index of ``key`` in a leaf, or -1 (a dict built on first use)."""
+        positions = self._positions
+        if positions is None:
+            positions = self._positions = {k: i for i, k in enumerate(self.keys)}
+        return positions.get(key, -1)
 
     def value(self, i: int) -> bytes:
         """The value stored with ``keys[i]``."""
@@ -147,10 +155,8 @@ class RecordTree:
             if i == len(node.keys):
                 return None
             node = self.node(node.child(i))
-        i = bisect_left(node.keys, key)
-        if i < len(node.keys) and node.keys[i] == key:
-            return node.value(i)
-        return None
+        i = node.position(key)
+        return None if i < 0 else node.vals[i * DIGEST_WIDTH : (i + 1) * DIGEST_WIDTH]
 
     def get_many(self, root: bytes, keys: Sequence[bytes]) -> list[bytes | None]:
         """Values of several keys (None where absent), in the order given."""
@@ -166,14 +172,8 @@ class RecordTree:
                 if i == len(node.keys):
                     break
                 node = node_of(node.vals[i * INNER_WIDTH : i * INNER_WIDTH + 32])
-            if node.level:
-                out.append(None)
-                continue
-            i = bisect_left(node.keys, key)
-            if i < len(node.keys) and node.keys[i] == key:
-                out.append(node.vals[i * DIGEST_WIDTH : (i + 1) * DIGEST_WIDTH])
-            else:
-                out.append(None)
+            i = -1 if node.level else node.position(key)
+            out.append(None if i < 0 else node.vals[i * DIGEST_WIDTH : (i + 1) * DIGEST_WIDTH])
         return out
 
     def count(self, root: bytes) -> int:

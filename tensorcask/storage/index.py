@@ -28,6 +28,7 @@ Run file layout (little-endian)::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import uuid
@@ -287,7 +288,5 @@ class ContentIndex:
     def _unlink(self, names: Iterable[str]) -> None:
         for name in names:
             self._runs.pop(name, None)
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 (self.directory / name).unlink()
-            except FileNotFoundError:
-                pass

@@ -34,6 +34,9 @@ _EMPTY_SEGMENT = 0
 _EMPTY_CHECKSUM = xxhash.xxh3_64_intdigest(b"")
 
 
+_HIGH_WATER = "HIGHWATER"
+
+
 class SegmentFiles:
     """The numbered files ``root/{number:08d}{suffix}`` of one backend.
 
@@ -72,7 +75,7 @@ class SegmentFiles:
             The new segment number and a write-only descriptor of its empty file.
         """
         if self._next is None:
-            self._next = max(self.numbers(), default=_EMPTY_SEGMENT) + 1
+            self._next = max(*self.numbers(), self._high_water(), _EMPTY_SEGMENT) + 1
         while True:
             number = self._next
             self._next += 1
@@ -82,12 +85,31 @@ class SegmentFiles:
                 fd = os.open(self.path(number), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
                 continue
+            self._raise_high_water(number)
             directory = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 os.fsync(directory)
             finally:
                 os.close(directory)
             return number, fd
+
+    # Numbers are never reused, even after gc removed the newest segment: a
+    # location cached by another process must never name a different file.
+    def _high_water(self) -> int:
+        try:
+            return int((self.root / _HIGH_WATER).read_text())
+        except (FileNotFoundError, ValueError):
+            return _EMPTY_SEGMENT
+
+    def _raise_high_water(self, number: int) -> None:
+        if number <= self._high_water():
+            return
+        tmp = self.root / f"{_HIGH_WATER}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(str(number))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.root / _HIGH_WATER)
 
     def fsync(self, number: int) -> None:
         """Flush a segment file that is no longer held open to disk."""

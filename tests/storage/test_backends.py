@@ -423,3 +423,17 @@ def test_forked_child_writes_its_own_segment(tmp_path: Path, name: str) -> None:
     assert same(backend.read(child), np.arange(6.0) * 2)
     assert all(map(same, backend.read_many([parent, later]), [np.arange(6.0), np.arange(6.0) * 3]))
     backend.close()
+
+
+def test_segment_numbers_are_never_reused_after_removal(tmp_path: Path) -> None:
+    root = tmp_path / "memmap"
+    first = MemmapBackend(root, writable=True)
+    loc = first.append_stacked(np.zeros((2, 3), np.uint8))[0]
+    first.close()
+    remover = MemmapBackend(root, writable=True)
+    remover.remove_segment(loc.segment)
+    remover.close()
+    second = MemmapBackend(root, writable=True)
+    again = second.append_stacked(np.ones((2, 3), np.uint8))[0]
+    second.close()
+    assert again.segment > loc.segment
