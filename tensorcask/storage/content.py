@@ -116,7 +116,13 @@ class ContentStore:
     def locate(self, digest: bytes) -> Location | None:
         """Where ``digest`` is stored, or None."""
         loc = self._locations.get(digest)
-        return loc if loc is not None else self.locate_many([digest])[0]
+        if loc is None:
+            with self.db.read() as txn:
+                raw = self.index.lookup(txn, (digest,))[0]
+            if raw is None:
+                return None
+            loc = self._remember(digest, raw)
+        return loc
 
     def locate_many(self, digests: Sequence[bytes]) -> list[Location | None]:
         """Locations of several digests (one snapshot for the uncached ones)."""

@@ -24,8 +24,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -104,17 +102,14 @@ class MetaDB:
             self._closed = True
             _release_env(self.path, self.env)
 
-    @contextmanager
-    def read(self) -> Iterator[lmdb.Transaction]:
-        """A read-only snapshot transaction."""
-        with self.env.begin(write=False, buffers=False) as txn:
-            yield txn
+    def read(self) -> lmdb.Transaction:
+        """A read-only snapshot transaction (use it as a context manager)."""
+        return self.env.begin(write=False, buffers=False)
 
-    @contextmanager
-    def write(self) -> Iterator[lmdb.Transaction]:
-        """A write transaction: committed (and fsynced) on success, aborted on error."""
-        with self.env.begin(write=True) as txn:
-            yield txn
+    def write(self) -> lmdb.Transaction:
+        """A write transaction: as a context manager, committed (and fsynced) on
+        success, aborted on error."""
+        return self.env.begin(write=True)
 
     def get(self, txn: lmdb.Transaction, table: str, key: bytes) -> bytes | None:
         """One value from a table, or None."""

@@ -29,6 +29,7 @@ Run file layout (little-endian)::
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import struct
 import uuid
@@ -59,7 +60,8 @@ class Run:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        raw = np.memmap(path, dtype=np.uint8, mode="r")
+        # a plain ndarray view indexes faster than np.memmap and keeps the map alive
+        raw = np.memmap(path, dtype=np.uint8, mode="r").view(np.ndarray)
         magic, count, blob = _HEAD.unpack_from(raw[: _HEAD.size].tobytes())
         if magic != _MAGIC or raw.size != _HEAD.size + count * 48 + 8 + blob:
             raise CorruptionError(f"content index run {path} is damaged", path=str(path))
@@ -96,6 +98,16 @@ class Run:
                     break
                 p += 1
         return out
+
+    def find_one(self, digest: bytes) -> int:
+        """Entry index of one digest, or -1 (no per-call numpy array work)."""
+        prefix = np.uint64(int.from_bytes(digest[:8], "big"))  # a Python int would cast the array
+        p = int(self.prefixes.searchsorted(prefix))
+        while p < self.count and self.prefixes[p] == prefix:
+            if self.digests[p].tobytes() == digest:
+                return p
+            p += 1
+        return -1
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """Every ``(digest, encoded location)``."""
@@ -146,12 +158,17 @@ class ContentIndex:
         self.db = db
         self.directory = Path(directory)
         self._runs: dict[str, Run] = {}
+        self._listing: tuple[bytes, list[dict[str, int | str]]] = (b"", [])
+        self._listed_runs: tuple[bytes, list[Run]] = (b"", [])
 
     # -- reading ---------------------------------------------------------
 
     def run_list(self, txn: lmdb.Transaction) -> list[dict[str, int | str]]:
-        """The listed runs, newest first: ``{"name", "tier", "count"}``."""
-        return list(self.db.get_json(txn, "runs") or [])
+        """The listed runs, youngest tier first: ``{"name", "tier", "count"}``."""
+        raw = self.db.get(txn, "meta", b"runs") or b"[]"
+        if raw != self._listing[0]:
+            self._listing = (raw, json.loads(raw))
+        return list(self._listing[1])
 
     def _run(self, name: str) -> Run:
         run = self._runs.get(name)
@@ -162,25 +179,40 @@ class ContentIndex:
     def forget_runs(self) -> None:
         """Drop cached run maps (they are re-opened on demand)."""
         self._runs.clear()
+        self._listed_runs = (b"", [])
+
+    def runs(self, txn: lmdb.Transaction) -> list[Run]:
+        """The listed runs of this snapshot, opened, youngest tier first."""
+        raw = self.db.get(txn, "meta", b"runs") or b"[]"
+        if raw != self._listed_runs[0]:
+            self._listed_runs = (raw, [self._run(str(e["name"])) for e in json.loads(raw)])
+        return self._listed_runs[1]
 
     def lookup(self, txn: lmdb.Transaction, digests: Sequence[bytes]) -> list[bytes | None]:
         """Encoded location of each digest (None where absent), in one snapshot."""
         table = self.db.tables["content"]
+        if len(digests) == 1:  # the per-sample read path: no array work
+            raw = txn.get(digests[0], db=table)
+            if raw is not None:
+                return [bytes(raw)]
+            for run in self.runs(txn):
+                i = run.find_one(digests[0])
+                if i >= 0:
+                    return [run.location(i)]
+            return [None]
         found: dict[bytes, bytes] = {
             bytes(k): bytes(v) for k, v in txn.cursor(db=table).getmulti(digests)
         }
-        rest = [d for d in digests if d not in found]
-        runs = self.run_list(txn)
+        rest = list(dict.fromkeys(d for d in digests if d not in found))
+        runs = self.runs(txn)
         if rest and runs:
-            unique = list(dict.fromkeys(rest))
-            queries = np.frombuffer(b"".join(unique), np.uint8).reshape(-1, 32)
+            queries = np.frombuffer(b"".join(rest), np.uint8).reshape(-1, 32)
             prefixes = _prefixes(queries)
-            todo = np.arange(len(unique))
-            for entry in runs:
-                run = self._run(str(entry["name"]))
+            todo = np.arange(len(rest))
+            for run in runs:
                 where = run.find(queries[todo], prefixes[todo])
                 for q, i in zip(todo[where >= 0].tolist(), where[where >= 0].tolist(), strict=True):
-                    found[unique[q]] = run.location(i)
+                    found[rest[q]] = run.location(i)
                 todo = todo[where < 0]
                 if not todo.size:
                     break
@@ -190,8 +222,8 @@ class ContentIndex:
         """Every entry: recent ones, then each run's."""
         for k, v in txn.cursor(db=self.db.tables["content"]):
             yield bytes(k), bytes(v)
-        for entry in self.run_list(txn):
-            yield from self._run(str(entry["name"])).items()
+        for run in self.runs(txn):
+            yield from run.items()
 
     # -- writing (writer lock held) ---------------------------------------
 
