@@ -13,7 +13,8 @@ import json
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -240,10 +241,32 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextmanager
+def _progress(args: argparse.Namespace) -> Iterator[Callable[[str, int], None] | None]:
+    """A progress line on stderr, only on a terminal and without --quiet."""
+    if args.quiet or not sys.stderr.isatty():
+        yield None
+        return
+    shown = False
+
+    def show(phase: str, count: int) -> None:
+        nonlocal shown
+        shown = True
+        sys.stderr.write(f"\r{phase}: {count:,}")
+        sys.stderr.flush()
+
+    try:
+        yield show
+    finally:
+        if shown:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     """Re-hash history (and with ``--full`` every stored byte); exit 1 on problems."""
-    with _open(args) as repo:
-        report = repo.verify(args.ref, full=args.full, raise_on_error=False)
+    with _open(args) as repo, _progress(args) as progress:
+        report = repo.verify(args.ref, full=args.full, raise_on_error=False, progress=progress)
     if args.json:
         _json(
             {
@@ -266,8 +289,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     """Remove unreferenced data."""
-    with _open(args) as repo:
-        report = repo.gc()
+    with _open(args) as repo, _progress(args) as progress:
+        report = repo.gc(progress=progress)
     if args.json:
         _json(
             {

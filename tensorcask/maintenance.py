@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -20,7 +20,7 @@ from .storage.content import ContentStore
 if TYPE_CHECKING:
     from .repository import Repository
 
-__all__ = ["GCReport", "VerifyReport", "collect_garbage", "verify_repository"]
+__all__ = ["GCReport", "Progress", "VerifyReport", "collect_garbage", "verify_repository"]
 
 
 @dataclass
@@ -95,8 +95,17 @@ def _raw_object(repo: Repository, key: bytes) -> bytes | None:
         return repo._db.get(txn, "objects", key)
 
 
+Progress = Callable[[str, int], None]
+"""Called as ``progress(phase, count)`` while long maintenance work runs."""
+
+
 def verify_repository(
-    repo: Repository, ref: str | None, *, full: bool, raise_on_error: bool
+    repo: Repository,
+    ref: str | None,
+    *,
+    full: bool,
+    raise_on_error: bool,
+    progress: Progress | None = None,
 ) -> VerifyReport:
     """Check hashes of commits, record roots, pages and (``full``) sample bytes."""
     report = VerifyReport(full=full)
@@ -124,7 +133,7 @@ def verify_repository(
                 continue
             seen_objects.add(root_hash)
             root = ColumnRoot.from_bytes(root_data)
-            _verify_tree(repo, name, root, cid, full, report, seen_objects, seen_digests)
+            _verify_tree(repo, name, root, cid, full, report, seen_objects, seen_digests, progress)
     if raise_on_error and not report.ok:
         raise CorruptionError(
             f"repository {repo.path} failed verification: {report.problems[0]}"
@@ -153,6 +162,7 @@ def _verify_tree(
     report: VerifyReport,
     seen_objects: set[bytes],
     seen_digests: set[bytes],
+    progress: Progress | None,
 ) -> None:
     if root.tree == EMPTY_ROOT:
         return
@@ -176,6 +186,8 @@ def _verify_tree(
                 continue
             seen_digests.add(digest)
             report.samples += 1
+            if progress is not None and not report.samples % 4096:
+                progress("verifying samples", report.samples)
             key = decode_key(raw_key)
             loc = store.locate(digest)
             if loc is None:
@@ -213,7 +225,7 @@ def _verify_sample(
         )
 
 
-def collect_garbage(repo: Repository) -> GCReport:
+def collect_garbage(repo: Repository, progress: Progress | None = None) -> GCReport:
     """Delete unreachable commits, objects, index entries and dead segments.
 
     The caller holds the writer lock. Segments still holding one referenced
@@ -240,6 +252,8 @@ def collect_garbage(repo: Repository) -> GCReport:
                 live_objects.add(page.hash)
                 if page.level == 0:
                     live_digests.update(page.values())
+                    if progress is not None and not len(live_objects) % 256:
+                        progress("marking live pages", len(live_objects))
     with db.read() as txn:
         for _, value in db.cursor(txn, "staging"):
             if value:

@@ -26,7 +26,7 @@ from .history.refs import HEADS, TAGS
 from .history.staging import Staging
 from .history.store import History
 from .keys import validate_name
-from .maintenance import GCReport, VerifyReport, collect_garbage, verify_repository
+from .maintenance import GCReport, Progress, VerifyReport, collect_garbage, verify_repository
 from .storage.content import ContentStore
 from .storage.db import MetaDB
 from .storage.lock import WriterLock, force_release
@@ -292,23 +292,31 @@ class Repository:
         return render_summary(self)
 
     def verify(
-        self, ref: str | None = None, *, full: bool = False, raise_on_error: bool = True
+        self,
+        ref: str | None = None,
+        *,
+        full: bool = False,
+        raise_on_error: bool = True,
+        progress: Progress | None = None,
     ) -> VerifyReport:
         """Re-hash records and the commit chain (and with ``full``, every stored byte).
 
         Checks every commit reachable from ``ref`` (default: every branch and
         tag). Raises :class:`~tensorcask.errors.CorruptionError` on the first
-        report with problems unless ``raise_on_error=False``.
+        report with problems unless ``raise_on_error=False``. ``progress``, if
+        given, is called as ``progress(phase, count)`` while samples are checked.
         """
-        return verify_repository(self, ref, full=full, raise_on_error=raise_on_error)
+        return verify_repository(
+            self, ref, full=full, raise_on_error=raise_on_error, progress=progress
+        )
 
-    def gc(self) -> GCReport:
+    def gc(self, *, progress: Progress | None = None) -> GCReport:
         """Remove data that no commit, branch, tag or staging area references.
 
-        Takes the writer lock for its duration.
+        Takes the writer lock for its duration. ``progress`` as for :meth:`verify`.
         """
         with WriterLock(self.path / "writer.lock"):
-            return collect_garbage(self)
+            return collect_garbage(self, progress)
 
     def force_release_writer_lock(self) -> dict[str, Any] | None:
         """Release the writer lock whoever holds it; returns the holder info.

@@ -626,3 +626,27 @@ def test_subprocess_status_shows_other_process_holder(
         result = run_subprocess("-C", str(path), "gc", cwd=tmp_path)
         assert result.returncode == 1
         assert "held by" in assert_one_error_line(result.stderr)
+
+
+def test_progress_shows_on_a_terminal_only(tmp_path: Path) -> None:
+    import pty
+
+    path = tmp_path / "r"
+    repo = tc.init(path, user_name="Ada", user_email="ada@example.org")
+    co = repo.checkout(write=True)
+    co.add_ndarray_column("x", shape=(), dtype="int64").update(np.arange(9000), np.arange(9000))
+    co.commit("9000 samples")
+    co.close()
+    repo.close()
+    command = [sys.executable, "-m", "tensorcask", "-C", str(path), "verify", "--full"]
+    piped = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert piped.returncode == 0 and piped.stderr == ""
+    leader, follower = pty.openpty()
+    tty_run = subprocess.run(command, stdout=subprocess.PIPE, stderr=follower, check=False)
+    os.close(follower)
+    shown = os.read(leader, 4096).decode()
+    os.close(leader)
+    assert tty_run.returncode == 0
+    assert "verifying samples: 8,192" in shown
+    quiet = subprocess.run([*command, "--quiet"], capture_output=True, check=False)
+    assert quiet.stderr == b""
