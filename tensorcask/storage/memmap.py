@@ -156,6 +156,7 @@ class MemmapBackend(Backend):
         self._active: dict[tuple[str, tuple[int, ...]], _Active] = {}
         self._unsynced: set[int] = set()
         self._maps: dict[int, np.ndarray] = {}
+        self._fds: dict[int, int] = {}  # kept open to check the size of mapped files
         self._closed = False
         self._pid = os.getpid()
         if writable:
@@ -276,7 +277,8 @@ class MemmapBackend(Backend):
     def close(self) -> None:
         """Seal and drop every mapping. Idempotent."""
         self.seal()
-        self._maps.clear()
+        for segment in list(self._maps):
+            self._unmap(segment)
         self._closed = True
 
     # -- reading ---------------------------------------------------------
@@ -363,7 +365,11 @@ class MemmapBackend(Backend):
             and rows.dtype.str == dtype
             and rows.shape[1:] == shape
         ):
-            return rows
+            # Touching a mapped page past the end of a file that shrank kills the
+            # process with SIGBUS; one fstat turns such damage into an error.
+            if os.fstat(self._fds[segment]).st_size >= rows.nbytes:
+                return rows
+            self._unmap(segment)
         path = self._files.path(segment)
         row_bytes = np.dtype(dtype).itemsize * math.prod(shape)
         try:
@@ -381,6 +387,8 @@ class MemmapBackend(Backend):
         mapped = np.memmap(path, dtype=dtype, mode="r", shape=(count, *shape))
         # A plain ndarray view indexes faster than np.memmap and keeps the map alive.
         rows = self._maps[segment] = mapped.view(np.ndarray)
+        self._unmap_fd(segment)
+        self._fds[segment] = os.open(path, os.O_RDONLY)
         return rows
 
     def _check_readable(self, location: Location) -> None:
@@ -395,6 +403,15 @@ class MemmapBackend(Backend):
             raise ValueError(f"memmap backend {self.root} is closed")
 
     # -- segments --------------------------------------------------------
+
+    def _unmap(self, segment: int) -> None:
+        self._maps.pop(segment, None)
+        self._unmap_fd(segment)
+
+    def _unmap_fd(self, segment: int) -> None:
+        fd = self._fds.pop(segment, None)
+        if fd is not None:
+            os.close(fd)
 
     def path_of(self, location: Location) -> str:
         """Path of the segment file holding ``location``."""
@@ -412,6 +429,6 @@ class MemmapBackend(Backend):
         for key, active in list(self._active.items()):
             if active.number == segment:
                 self._retire(key)
-        self._maps.pop(segment, None)
+        self._unmap(segment)
         self._unsynced.discard(segment)
         self._files.path(segment).unlink(missing_ok=True)
