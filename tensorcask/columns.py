@@ -256,12 +256,11 @@ class Column:
             with co._db.read() as txn:
                 edits = co._staging.edits(txn, self.name)
             n = self._base_count
-            tree = co._history.tree
-            for raw_key, value in edits:
-                in_base = tree.get(self._tree, raw_key) is not None
-                if value is None and in_base:
+            in_base = co._history.tree.get_many(self._tree, [k for k, _ in edits])
+            for (_, value), base in zip(edits, in_base, strict=True):
+                if value is None and base is not None:
                     n -= 1
-                elif value is not None and not in_base:
+                elif value is not None and base is None:
                     n += 1
             self._len = n
         return self._len
