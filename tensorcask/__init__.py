@@ -29,6 +29,8 @@ from .errors import (
     SchemaError,
     WriterLockError,
 )
+from .history.diff import ColumnDiff, Diff
+from .history.merge import Conflict
 from .history.objects import CommitInfo
 from .maintenance import GCReport, VerifyReport
 from .repository import Repository, init
@@ -40,10 +42,13 @@ __all__ = [
     "CaskError",
     "CheckoutClosedError",
     "Column",
+    "ColumnDiff",
     "CommitInfo",
+    "Conflict",
     "ConcurrentUpdateError",
     "CorruptionError",
     "DataNotLocalError",
+    "Diff",
     "GCReport",
     "MergeConflictError",
     "PurgedDataError",

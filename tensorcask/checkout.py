@@ -22,6 +22,7 @@ from .errors import (
     SchemaError,
 )
 from .hashing import canonical_dtype
+from .history.diff import Diff, diff_columns
 from .history.objects import ColumnRoot, ColumnSchema, CommitId
 from .history.refs import HEADS
 from .history.staging import DELETED, StagingState
@@ -399,24 +400,8 @@ class WriteCheckout(Checkout):
             raise TypeError("the commit message must be a str")
         self._flush_all()
         self._lock.check_owned()
+        roots = self._staged_roots(require_changes=True)
         history = self._history
-        with self._db.read() as txn:
-            state = self._state(txn)
-            edits = self._staging.all_edits(txn)
-            if not edits and not state.columns:
-                raise CaskError(f"nothing to commit on branch {self.branch!r}: no staged changes")
-        roots = dict(history.columns(self.commit_id))
-        for name, op in state.columns.items():
-            if op["op"] == "delete":
-                roots.pop(name, None)
-            else:
-                roots[name] = ColumnRoot(ColumnSchema.from_dict(op["schema"]), EMPTY_ROOT, 0)
-        for name, column_edits in edits.items():
-            if name not in roots:
-                continue  # edits of a column deleted afterwards
-            old = roots[name]
-            tree = history.tree.update(old.tree, column_edits)
-            roots[name] = ColumnRoot(old.schema, tree, history.tree.count(tree))
         config = self._repo.config
         with self._db.write() as txn:
             parents = (self.commit_id,) if self.commit_id else ()
@@ -438,6 +423,42 @@ class WriteCheckout(Checkout):
         self.commit_id = commit.id
         self._reload_columns(roots)
         return commit.id
+
+    def _staged_roots(self, *, require_changes: bool) -> dict[str, ColumnRoot]:
+        """The column roots a commit of the staged changes would record.
+
+        New record pages land in the tree's pending set; only a commit
+        persists them.
+        """
+        history = self._history
+        with self._db.read() as txn:
+            state = self._state(txn)
+            edits = self._staging.all_edits(txn)
+        if require_changes and not edits and not state.columns:
+            raise CaskError(f"nothing to commit on branch {self.branch!r}: no staged changes")
+        roots = dict(history.columns(self.commit_id))
+        for name, op in state.columns.items():
+            if op["op"] == "delete":
+                roots.pop(name, None)
+            else:
+                roots[name] = ColumnRoot(ColumnSchema.from_dict(op["schema"]), EMPTY_ROOT, 0)
+        for name, column_edits in edits.items():
+            if name not in roots:
+                continue  # edits of a column deleted afterwards
+            old = roots[name]
+            tree = history.tree.update(old.tree, column_edits)
+            roots[name] = ColumnRoot(old.schema, tree, history.tree.count(tree))
+        return roots
+
+    def diff(self) -> Diff:
+        """Staged changes against the base commit (flushes buffered writes)."""
+        self._check_open()
+        self._flush_all()
+        return diff_columns(
+            self._history.tree,
+            self._history.columns(self.commit_id),
+            self._staged_roots(require_changes=False),
+        )
 
     def _reload_columns(self, roots: dict[str, ColumnRoot]) -> None:
         from .columns import Column

@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any, Literal, overload
 
 from .checkout import ReadCheckout, WriteCheckout
-from .errors import CaskError, RepositoryNotFoundError
+from .errors import (
+    CaskError,
+    ConcurrentUpdateError,
+    MergeConflictError,
+    RepositoryNotFoundError,
+)
+from .history.diff import Diff, diff_columns
+from .history.merge import ancestors, describe, merge_base, merge_columns
 from .history.objects import CommitId, CommitInfo
 from .history.refs import HEADS, TAGS
 from .history.staging import Staging
@@ -252,7 +259,7 @@ class Repository:
                     "branch first"
                 )
             others = [c for b, c in refs.listing(txn, HEADS).items() if b != name]
-        if not force and not any(self._is_ancestor(head, other) for other in others):
+        if not force and not any(head in ancestors(self._history, other) for other in others):
             raise CaskError(
                 f"branch {name!r} is not merged into any other branch; its commits would be lost. "
                 "Merge it, or pass force=True to delete it anyway"
@@ -261,9 +268,6 @@ class Repository:
             if not self._history.refs.set_if_equals(txn, HEADS + name, head, None):
                 raise CaskError(f"branch {name!r} moved while being deleted; try again")
         return head
-
-    def _is_ancestor(self, ancestor: str, descendant: str) -> bool:
-        return any(c.id == ancestor for c in self._history.log(descendant))
 
     def create_tag(self, name: str, ref: str) -> CommitId:
         """Create the immutable tag ``name`` for the commit ``ref`` names."""
@@ -284,6 +288,89 @@ class Repository:
         else:
             start = self.resolve(ref)
         return [CommitInfo.of(c) for c in self._history.log(start, limit)]
+
+    def diff(self, a: str, b: str) -> Diff:
+        """How to go from commit ``a`` to commit ``b`` (any refs).
+
+        Per column: added, removed and changed keys; added and removed
+        columns; schema changes. Costs O(size of the change).
+        """
+        history = self._history
+        return diff_columns(
+            history.tree, history.columns(self.resolve(a)), history.columns(self.resolve(b))
+        )
+
+    def merge(self, source: str, into: str = "main", message: str | None = None) -> CommitId:
+        """Merge ``source`` (any ref) into branch ``into``; return the resulting head.
+
+        Fast-forwards when ``into`` is an ancestor of ``source``; otherwise
+        makes a two-parent commit from a three-way merge per column and key.
+        Conflicting changes raise :class:`~tensorcask.errors.MergeConflictError`
+        listing every conflict, and nothing is written. Takes the writer lock;
+        refused while ``into`` has staged changes.
+        """
+        with WriterLock(self.path / "writer.lock"):
+            return self._merge_locked(source, into, message)
+
+    def _merge_locked(self, source: str, into: str, message: str | None) -> CommitId:
+        history = self._history
+        theirs = self.resolve(source)
+        with self._db.read() as txn:
+            ours = history.refs.get(txn, HEADS + into)
+            state = self._staging.state(txn)
+            dirty = state is not None and state.branch == into and self._staging.has_changes(txn)
+        if ours is None:
+            raise self._no_branch(into)
+        if dirty:
+            raise CaskError(
+                f"branch {into!r} has staged changes; commit or reset them before merging into it"
+            )
+        if theirs in ancestors(history, ours):
+            return ours  # already merged
+        if ours in ancestors(history, theirs):
+            return self._move_branch(into, ours, theirs)  # fast-forward
+        base = merge_base(history, ours, theirs)
+        merged, conflicts = merge_columns(
+            history, history.columns(base), history.columns(ours), history.columns(theirs)
+        )
+        if conflicts:
+            history.tree.pending.clear()
+            raise MergeConflictError(
+                f"merging {source!r} into {into!r} found {len(conflicts)} conflict(s): "
+                f"{describe(conflicts)}; nothing was written. Resolve them on one branch "
+                "(write the values you want, or delete the keys) and merge again",
+                conflicts,
+            )
+        config = self.config
+        with self._db.write() as txn:
+            commit = history.new_commit(
+                txn,
+                parents=(ours, theirs),
+                columns=merged,
+                author=config["user_name"],
+                email=config["user_email"],
+                message=message or f"Merge {source} into {into}",
+            )
+            if not history.refs.set_if_equals(txn, HEADS + into, ours, commit.id):
+                raise ConcurrentUpdateError(f"branch {into!r} moved during the merge; merge again")
+            self._follow_head(txn, into, commit.id)
+        return commit.id
+
+    def _move_branch(self, branch: str, old: str, new: str) -> CommitId:
+        with self._db.write() as txn:
+            if not self._history.refs.set_if_equals(txn, HEADS + branch, old, new):
+                raise ConcurrentUpdateError(
+                    f"branch {branch!r} moved during the merge; merge again"
+                )
+            self._follow_head(txn, branch, new)
+        return CommitId(new)
+
+    def _follow_head(self, txn: Any, branch: str, head: str) -> None:
+        """Keep an empty staging area of ``branch`` based on its new head."""
+        state = self._staging.state(txn)
+        if state is not None and state.branch == branch:
+            state.base = head
+            self._staging.save_state(txn, state)
 
     def summary(self) -> str:
         """A human-readable report: path, disk use, head commit, columns."""

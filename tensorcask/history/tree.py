@@ -109,6 +109,36 @@ def is_boundary(key: bytes, level: int) -> bool:
     return not xxh3_64_intdigest(key, level) & _MASK
 
 
+class _RawLeaf:
+    """A leaf page read without decoding its keys."""
+
+    __slots__ = ("data", "layout", "n", "offsets", "start", "vals")
+
+    def __init__(self, data: bytes) -> None:
+        _, _, n = _HEAD.unpack_from(data)
+        self.data = data
+        self.n = n
+        self.offsets = np.frombuffer(data, "<u4", n + 1, _HEAD.size)
+        self.start = _HEAD.size + 4 * (n + 1)
+        end = self.start + int(self.offsets[-1])
+        self.layout = data[_HEAD.size : end]  # offsets and keys: equal layout, equal keys
+        self.vals = data[end:]
+
+    def key(self, i: int) -> bytes:
+        return self.data[self.start + int(self.offsets[i]) : self.start + int(self.offsets[i + 1])]
+
+    def digest(self, i: int) -> bytes:
+        return self.vals[i * DIGEST_WIDTH : (i + 1) * DIGEST_WIDTH]
+
+    def differing_rows(self, other: _RawLeaf) -> list[int]:
+        a = np.frombuffer(self.vals, np.uint8).reshape(self.n, DIGEST_WIDTH)
+        b = np.frombuffer(other.vals, np.uint8).reshape(other.n, DIGEST_WIDTH)
+        return np.flatnonzero((a != b).any(axis=1)).tolist()
+
+    def entries(self) -> dict[bytes, bytes]:
+        return {self.key(i): self.digest(i) for i in range(self.n)}
+
+
 class RecordTree:
     """Reads and writes record trees whose pages live in an object table.
 
@@ -207,6 +237,75 @@ class RecordTree:
             yield node
             if node.level:
                 stack.extend(self.node(node.child(i)) for i in range(len(node.keys)))
+
+    def diff(self, root_a: bytes, root_b: bytes) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
+        """Records that differ between two trees, skipping equal subtrees.
+
+        Returns ``(only_a, only_b)``: the entries of the level-0 pages found in
+        one tree but not the other. A page present in both trees holds the same
+        records over the same key range, so every difference lies in these
+        entries; keys in both dicts with different values are changes. Costs
+        O(differing pages), not O(records).
+        """
+        if root_a == root_b:
+            return {}, {}
+        side_a = set() if root_a == EMPTY_ROOT else {root_a}
+        side_b = set() if root_b == EMPTY_ROOT else {root_b}
+        level_a = self.node(root_a).level if side_a else 0
+        level_b = self.node(root_b).level if side_b else 0
+        level = max(level_a, level_b)
+        while True:
+            common = side_a & side_b
+            side_a -= common
+            side_b -= common
+            if level == 0:
+                break
+            side_a = self._children(side_a, level)
+            side_b = self._children(side_b, level)
+            level -= 1
+        return self._leaf_diff(side_a, side_b)
+
+    def _children(self, hashes: set[bytes], level: int) -> set[bytes]:
+        """Expand the pages at ``level`` one level down (lower pages are kept)."""
+        out: set[bytes] = set()
+        for h in hashes:
+            node = self.node(h)
+            if node.level == level:
+                out.update(node.child(i) for i in range(len(node.keys)))
+            else:
+                out.add(h)
+        return out
+
+    def _page_bytes(self, node_hash: bytes) -> bytes:
+        data = self.pending.get(node_hash)
+        return self._load(node_hash) if data is None else data
+
+    def _leaf_diff(
+        self, leaves_a: set[bytes], leaves_b: set[bytes]
+    ) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
+        """Differing entries of two sets of leaves.
+
+        Most differing leaves come in pairs with the same keys and some
+        changed digests: those are compared as arrays without decoding keys.
+        """
+        only_a: dict[bytes, bytes] = {}
+        only_b: dict[bytes, bytes] = {}
+        pages_a = {h: _RawLeaf(self._page_bytes(h)) for h in leaves_a}
+        by_layout = {page.layout: h for h, page in pages_a.items()}
+        for h in leaves_b:
+            page_b = _RawLeaf(self._page_bytes(h))
+            partner = by_layout.pop(page_b.layout, None)
+            if partner is None:
+                only_b.update(page_b.entries())
+                continue
+            page_a = pages_a.pop(partner)
+            for i in page_a.differing_rows(page_b):
+                key = page_a.key(i)
+                only_a[key] = page_a.digest(i)
+                only_b[key] = page_b.digest(i)
+        for page in pages_a.values():
+            only_a.update(page.entries())
+        return only_a, only_b
 
     # -- writing ---------------------------------------------------------
 
