@@ -41,20 +41,57 @@ Edit = tuple[bytes, bytes | None]
 
 
 class Node:
-    """A decoded page: sorted keys and fixed-width values."""
+    """A page: sorted keys and fixed-width values, decoded lazily from its bytes."""
 
-    __slots__ = ("_positions", "hash", "keys", "level", "vals", "width")
+    __slots__ = ("_keys", "_offsets", "_positions", "data", "hash", "level", "vals", "width")
 
-    def __init__(self, level: int, keys: list[bytes], vals: bytes, node_hash: bytes) -> None:
+    def __init__(self, data: bytes, node_hash: bytes) -> None:
+        magic, level, n = _HEAD.unpack_from(data)
+        if magic != _MAGIC:
+            raise ValueError("not a record-tree page")
+        start = _HEAD.size + 4 * (n + 1)
+        self._offsets = [start + o for o in np.frombuffer(data, "<u4", n + 1, _HEAD.size).tolist()]
+        self.data = data
         self.level = level
-        self.keys = keys
-        self.vals = vals
+        self.vals = data[self._offsets[-1] :]
         self.width = DIGEST_WIDTH if level == 0 else INNER_WIDTH
         self.hash = node_hash
+        self._keys: list[bytes] | None = None
         self._positions: dict[bytes, int] | None = None
 
+    @property
+    def keys(self) -> list[bytes]:
+        """The sorted keys (decoded on first use)."""
+        keys = self._keys
+        if keys is None:
+            data = self.data
+            keys = self._keys = [data[a:b] for a, b in itertools.pairwise(self._offsets)]
+        return keys
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def last_key(self) -> bytes:
+        """The largest key."""
+        offs = self._offsets
+        return self.data[offs[-2] : offs[-1]]
+
+    def find(self, key: bytes) -> int:
+        """Index of ``key``, or -1, by binary search over the raw bytes."""
+        data, offs = self.data, self._offsets
+        lo, hi = 0, len(offs) - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if data[offs[mid] : offs[mid + 1]] < key:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < len(offs) - 1 and data[offs[lo] : offs[lo + 1]] == key:
+            return lo
+        return -1
+
     def position(self, key: bytes) -> int:
-        """Index of ``key`` in a leaf, or -1 (a dict built on first use)."""
+        """Index of ``key`` in a leaf, or -1 (a dict built on first use: for reads)."""
         positions = self._positions
         if positions is None:
             positions = self._positions = {k: i for i, k in enumerate(self.keys)}
@@ -82,8 +119,8 @@ class Node:
     def count(self) -> int:
         """Records below this page."""
         if self.level == 0:
-            return len(self.keys)
-        return sum(self.child_count(i) for i in range(len(self.keys)))
+            return len(self)
+        return sum(self.child_count(i) for i in range(len(self)))
 
 
 def encode_node(level: int, keys: Sequence[bytes], vals: Sequence[bytes]) -> bytes:
@@ -95,13 +132,7 @@ def encode_node(level: int, keys: Sequence[bytes], vals: Sequence[bytes]) -> byt
 
 def decode_node(data: bytes, node_hash: bytes) -> Node:
     """Inverse of :func:`encode_node`."""
-    magic, level, n = _HEAD.unpack_from(data)
-    if magic != _MAGIC:
-        raise ValueError("not a record-tree page")
-    start = _HEAD.size + 4 * (n + 1)
-    offs = [start + o for o in np.frombuffer(data, "<u4", n + 1, _HEAD.size).tolist()]
-    keys = [data[a:b] for a, b in itertools.pairwise(offs)]
-    return Node(level, keys, data[offs[-1] :], node_hash)
+    return Node(data, node_hash)
 
 
 def is_boundary(key: bytes, level: int) -> bool:
@@ -353,11 +384,18 @@ class RecordTree:
         i, n = 0, len(edits)
         while i < n:
             node = self._locate(root, level, edits[i][0])
+            j = self._patchable(
+                node, edits, i, last_page=self._next(root, level, node.last_key()) is None
+            )
+            if j > i:  # only new values for existing keys: patch the page in place
+                out[node.last_key()] = self._patch(node, edits[i:j])
+                i = j
+                continue
             merged = dict(zip(node.keys, node.values(), strict=True))
             while True:
-                out.setdefault(node.keys[-1], None)
-                nxt = self._next(root, level, node.keys[-1])
-                last = node.keys[-1]
+                last = node.last_key()
+                out.setdefault(last, None)
+                nxt = self._next(root, level, last)
                 while i < n and (nxt is None or edits[i][0] <= last):
                     key, value = edits[i]
                     if value is None:
@@ -374,6 +412,42 @@ class RecordTree:
                 out[key] = value
         return sorted(out.items()), level == height
 
+    def _patchable(self, node: Node, edits: Sequence[Edit], i: int, *, last_page: bool) -> int:
+        """End of the run of edits from ``i`` that only re-value keys of ``node``.
+
+        Returns ``i`` when some edit of the page would insert or delete a key:
+        the page must then be rebuilt.
+        """
+        last = node.last_key()
+        j = i
+        n = len(edits)
+        while j < n and edits[j][0] <= last:
+            if edits[j][1] is None or node.find(edits[j][0]) < 0:
+                return i
+            j += 1
+        if j < n and last_page:  # keys past the level's last page are inserted into it
+            return i
+        return j
+
+    def _patch(self, node: Node, edits: Sequence[Edit]) -> bytes:
+        """Store a copy of ``node`` with new values; return its parent entry."""
+        w = node.width
+        vals = bytearray(node.vals)
+        for key, value in edits:
+            k = node.find(key)
+            vals[k * w : (k + 1) * w] = value  # type: ignore[index]
+        # same keys, same layout: the new page is the old key section + new values
+        data = node.data[: len(node.data) - len(node.vals)] + bytes(vals)
+        node_hash = object_hash(data)
+        self.pending[node_hash] = data
+        if node.level == 0:
+            count = len(node)
+        else:
+            count = sum(
+                int.from_bytes(vals[k + 32 : k + 40], "little") for k in range(0, len(vals), w)
+            )
+        return node_hash + count.to_bytes(8, "little")
+
     def _rebuild_level(
         self, root: bytes, height: int, level: int, edits: Sequence[Edit]
     ) -> list[Edit]:
@@ -384,7 +458,7 @@ class RecordTree:
             base: dict[bytes, bytes] = {}
         else:
             top = self.node(root)
-            base = {top.keys[-1]: root + top.count().to_bytes(8, "little")}
+            base = {top.last_key(): root + top.count().to_bytes(8, "little")}
         for key, value in edits:
             if value is None:
                 base.pop(key, None)
