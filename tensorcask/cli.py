@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import tensorcask as tc
+from tensorcask.graph import display_order, render_graph
 from tensorcask.storage.lock import holder_is_dead, read_holder
 
 __all__ = ["main"]
@@ -178,13 +179,31 @@ def _print_commit(info: tc.CommitInfo, first: bool) -> None:
         _out(f"    {line}".rstrip())
 
 
+def _graph(commits: list[tc.CommitInfo]) -> tuple[list[tc.CommitInfo], list[str]]:
+    """The commits in drawing order (children first) and the graph's lines."""
+    by_id: dict[str, tc.CommitInfo] = {c.id: c for c in commits}
+    order = display_order(
+        [(c.id, c.parents, f"{c.id[:SHORT_ID]} {_first_line(c.message)}") for c in commits]
+    )
+    return [by_id[commit_id] for commit_id, _, _ in order], render_graph(order)
+
+
 def cmd_log(args: argparse.Namespace) -> int:
-    """Show commits newest first."""
+    """Show commits newest first (``--graph``: as a drawing of the commit graph)."""
     with _open(args) as repo:
         ref = args.ref if args.ref is not None else repo.current_branch
         commits = repo.log(args.ref, limit=args.limit)
+    lines: list[str] = []
+    if args.graph:
+        commits, lines = _graph(commits)
     if args.json:
-        _json({"ref": ref, "commits": [_commit_doc(c) for c in commits]})
+        doc: dict[str, Any] = {"ref": ref, "commits": [_commit_doc(c) for c in commits]}
+        if args.graph:
+            doc["graph"] = lines
+        _json(doc)
+    elif args.graph:
+        for line in lines:
+            _out(line)
     elif args.oneline:
         for info in commits:
             _out(f"{info.id[:SHORT_ID]} {_first_line(info.message)}")
@@ -378,6 +397,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("ref", nargs="?", metavar="REF", help="branch, tag or commit (prefix)")
     p.add_argument("-n", "--max-count", dest="limit", type=_non_negative, metavar="LIMIT")
     p.add_argument("--oneline", action="store_true", help="short id and first line")
+    p.add_argument("--graph", action="store_true", help="draw the commit graph (implies --oneline)")
+
+    # imported here: cli_history uses this module's helpers
+    from tensorcask.cli_history import add_history_commands
+
+    add_history_commands(subs)
 
     _add(subs, "summary", cmd_summary, "describe the repository", True)
 
@@ -395,7 +420,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace | int:
     try:
-        return _build_parser().parse_args(argv)
+        args = _build_parser().parse_args(argv)
+        check: Callable[[argparse.Namespace], None] | None = getattr(args, "check", None)
+        if check is not None:  # usage rules argparse cannot express; exits 2
+            check(args)
+        return args
     except SystemExit as exc:  # usage error (2), --help or --version (0)
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 2)

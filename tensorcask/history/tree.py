@@ -435,7 +435,7 @@ class RecordTree:
         vals = bytearray(node.vals)
         for key, value in edits:
             k = node.find(key)
-            vals[k * w : (k + 1) * w] = value  # type: ignore[index]
+            vals[k * w : (k + 1) * w] = value  # type: ignore[assignment]
         # same keys, same layout: the new page is the old key section + new values
         data = node.data[: len(node.data) - len(node.vals)] + bytes(vals)
         node_hash = object_hash(data)
