@@ -30,7 +30,7 @@ class History:
     def __init__(self, db: MetaDB) -> None:
         self.db = db
         self.refs = Refs(db)
-        self.tree = RecordTree(self._load_object)
+        self.tree = RecordTree(self._load_object, load_many=self._load_objects)
         self._commits: dict[str, Commit] = {}
 
     def _load_object(self, key: bytes) -> bytes:
@@ -43,6 +43,14 @@ class History:
                 path=str(self.db.path),
             )
         return data
+
+    def _load_objects(self, keys: list[bytes]) -> list[bytes]:
+        with self.db.read() as txn:
+            found = [self.db.get(txn, "objects", key) for key in keys]
+        if any(data is None for data in found):
+            missing = next(k for k, d in zip(keys, found, strict=True) if d is None)
+            self._load_object(missing)  # raises the CorruptionError
+        return found  # type: ignore[return-value]
 
     # -- objects ---------------------------------------------------------
 

@@ -162,8 +162,9 @@ class _RawLeaf:
         return self.vals[i * DIGEST_WIDTH : (i + 1) * DIGEST_WIDTH]
 
     def differing_rows(self, other: _RawLeaf) -> list[int]:
-        a = np.frombuffer(self.vals, np.uint8).reshape(self.n, DIGEST_WIDTH)
-        b = np.frombuffer(other.vals, np.uint8).reshape(other.n, DIGEST_WIDTH)
+        # digests as four uint64 words: 8x fewer comparisons than bytes
+        a = np.frombuffer(self.vals, "<u8").reshape(self.n, 4)
+        b = np.frombuffer(other.vals, "<u8").reshape(other.n, 4)
         return np.flatnonzero((a != b).any(axis=1)).tolist()
 
     def entries(self) -> dict[bytes, bytes]:
@@ -182,8 +183,14 @@ class RecordTree:
         Decoded pages kept in memory (least recently used are dropped).
     """
 
-    def __init__(self, load: Callable[[bytes], bytes], cache_pages: int = 4096) -> None:
+    def __init__(
+        self,
+        load: Callable[[bytes], bytes],
+        cache_pages: int = 4096,
+        load_many: Callable[[list[bytes]], list[bytes]] | None = None,
+    ) -> None:
         self._load = load
+        self._load_many = load_many
         self._cache: dict[bytes, Node] = {}
         self._cache_pages = cache_pages
         self.pending: dict[bytes, bytes] = {}
@@ -307,9 +314,14 @@ class RecordTree:
                 out.add(h)
         return out
 
-    def _page_bytes(self, node_hash: bytes) -> bytes:
-        data = self.pending.get(node_hash)
-        return self._load(node_hash) if data is None else data
+    def _pages_bytes(self, hashes: list[bytes]) -> list[bytes]:
+        """Raw bytes of many pages (one storage round trip when possible)."""
+        stored = [h for h in hashes if h not in self.pending]
+        if self._load_many is not None:
+            loaded = dict(zip(stored, self._load_many(stored), strict=True))
+        else:
+            loaded = {h: self._load(h) for h in stored}
+        return [self.pending.get(h) or loaded[h] for h in hashes]
 
     def _leaf_diff(
         self, leaves_a: set[bytes], leaves_b: set[bytes]
@@ -321,10 +333,12 @@ class RecordTree:
         """
         only_a: dict[bytes, bytes] = {}
         only_b: dict[bytes, bytes] = {}
-        pages_a = {h: _RawLeaf(self._page_bytes(h)) for h in leaves_a}
+        list_a, list_b = list(leaves_a), list(leaves_b)
+        raw = self._pages_bytes(list_a + list_b)
+        pages_a = {h: _RawLeaf(data) for h, data in zip(list_a, raw, strict=False)}
         by_layout = {page.layout: h for h, page in pages_a.items()}
-        for h in leaves_b:
-            page_b = _RawLeaf(self._page_bytes(h))
+        for data in raw[len(list_a) :]:
+            page_b = _RawLeaf(data)
             partner = by_layout.pop(page_b.layout, None)
             if partner is None:
                 only_b.update(page_b.entries())
