@@ -262,7 +262,7 @@ class Repository:
         if not force and not any(head in ancestors(self._history, other) for other in others):
             raise CaskError(
                 f"branch {name!r} is not merged into any other branch; its commits would be lost. "
-                "Merge it, or pass force=True to delete it anyway"
+                "Merge it, or delete it anyway with force=True (`tensorcask branch -D`)"
             )
         with self._db.write() as txn:
             if not self._history.refs.set_if_equals(txn, HEADS + name, head, None):
