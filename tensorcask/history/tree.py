@@ -367,8 +367,11 @@ class RecordTree:
         level_edits: Sequence[Edit] = edits
         while True:
             new_entries, complete = self._update_level(root, height, level, level_edits)
-            if complete and len(new_entries) <= 1:
-                break
+            if complete:
+                pages = [entry for entry in new_entries if entry[1] is not None]
+                if len(pages) <= 1:  # the lowest single page is the root
+                    new_entries = pages
+                    break
             level_edits = new_entries
             level += 1
         if not new_entries:
