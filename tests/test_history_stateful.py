@@ -15,6 +15,13 @@ smallest id, where a key changed on both sides in different ways is a
 conflict (``both_added``, ``both_changed`` or ``changed_deleted``). Expected
 conflicts must raise MergeConflictError with exactly that set and write
 nothing; otherwise the merge commit must hold the predicted snapshot.
+
+Commit times come from a deterministic clock (patched into
+``tensorcask.history.store``), so ids, and with them the merge base of a
+criss-cross history, are the same on every replay. Besides single writes,
+deletions, commits and merges, composite rules commit on two branches and
+merge them (sometimes both ways, making criss-cross histories), so that most
+examples reach real three-way merges.
 """
 
 from __future__ import annotations
@@ -171,19 +178,19 @@ class HistoryMachine(RuleBasedStateMachine):
                     stack.append(parent)
         return seen
 
-    def merge_base(self, a: str, b: str) -> str:
+    def best_common_ancestors(self, a: str, b: str) -> set[str]:
+        """Common ancestors that are not ancestors of another common ancestor."""
         common = self.ancestors(a) & self.ancestors(b)
         shadowed: set[str] = set()
         for c in common:
             shadowed |= self.ancestors(c) - {c}
-        return min(common - shadowed)
+        return common - shadowed
+
+    def merge_base(self, a: str, b: str) -> str:
+        return min(self.best_common_ancestors(a, b))  # the documented tie-break
 
     def _criss_cross(self, a: str, b: str) -> bool:
-        common = self.ancestors(a) & self.ancestors(b)
-        shadowed: set[str] = set()
-        for c in common:
-            shadowed |= self.ancestors(c) - {c}
-        return len(common - shadowed) > 1
+        return len(self.best_common_ancestors(a, b)) > 1
 
     def _message(self, what: str) -> str:
         self.counter += 1
