@@ -23,6 +23,7 @@ from .hashing import Digest
 from .history.objects import ColumnSchema
 from .history.staging import DELETED
 from .keys import Key, decode_key, encode_key, encode_keys
+from .locations import ColumnTable
 from .samples import Value, from_payload, prepare_batch, prepare_one
 from .storage.base import Location, Payload
 from .storage.content import missing_location_error
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 __all__ = ["BUFFER_SAMPLES", "Column"]
 
 BUFFER_SAMPLES = 8192
+_TABLE_MIN_READS = 4096
+_TABLE_SHARE = 16  # resolve a whole column once 1/16 of its size has been read
+_TABLES_CACHED = 16
 
 
 class Column:
@@ -57,6 +61,8 @@ class Column:
         self._len: int | None = None if checkout.writable else count
         self._buffer: dict[bytes, tuple[Payload, Digest]] = {}
         self._depth = 0
+        self._reads = 0  # keys read so far: resolving the whole column pays off past a share
+        self._table: ColumnTable | None = None
 
     # -- description -----------------------------------------------------
 
@@ -111,6 +117,27 @@ class Column:
                 return None if staged == DELETED else staged
         return co._history.tree.get(self._tree, raw_key)
 
+    def _column_table(self, reads: int) -> ColumnTable | None:
+        """The resolved table of a committed column, once enough keys were read."""
+        if self._table is not None or self._co.writable or not self._base_count:
+            return self._table
+        self._reads += reads
+        if self._reads < max(_TABLE_MIN_READS, self._base_count // _TABLE_SHARE):
+            return None
+        store = self._co._store
+        cache_key = (self._tree, self.schema.to_bytes())
+        table = store.tables.get(cache_key)
+        if table is None:
+            table = ColumnTable.build(self._co._history.tree, self._tree, store, self.schema)
+            if table is None:
+                self._reads = -(1 << 62)  # content missing: the per-key path reports it
+                return None
+            if len(store.tables) >= _TABLES_CACHED:
+                store.tables.clear()
+            store.tables[cache_key] = table
+        self._table = table  # type: ignore[assignment]
+        return self._table
+
     def _digests_of(self, raw_keys: list[bytes]) -> list[bytes | None]:
         co = self._co
         tree = co._history.tree
@@ -153,7 +180,14 @@ class Column:
 
     def __getitem__(self, key: Key) -> Value:
         self._co._check_open()
-        digest = self._digest_of(encode_key(key))
+        raw_key = encode_key(key)
+        table = self._column_table(1)
+        if table is not None:
+            i = table.position(raw_key)
+            if i < 0:
+                raise KeyError(f"key {key!r} is not in column {self.name!r}")
+            return from_payload(self.schema, self._read(table.location(i), key))
+        digest = self._digest_of(raw_key)
         if digest is None:
             raise KeyError(f"key {key!r} is not in column {self.name!r}")
         return from_payload(self.schema, self._read(self._location(digest, key), key))
@@ -173,6 +207,9 @@ class Column:
         self._co._check_open()
         key_list = keys.tolist() if isinstance(keys, np.ndarray) else list(keys)
         raw = encode_keys(key_list)
+        table = self._column_table(len(raw))
+        if table is not None and table.segments is not None and raw:
+            return self._get_many_from_table(table, key_list, raw)
         digests = self._digests_of(raw)
         for key, digest in zip(key_list, digests, strict=True):
             if digest is None:
@@ -197,6 +234,29 @@ class Column:
             from_payload(self.schema, self._read(loc, key))
             for key, loc in zip(key_list, locs, strict=True)
         ]
+
+    def _get_many_from_table(
+        self, table: ColumnTable, key_list: list[Any], raw: list[bytes]
+    ) -> np.ndarray:
+        positions = table.positions(raw)
+        if (positions < 0).any():
+            missing = key_list[int(np.flatnonzero(positions < 0)[0])]
+            raise KeyError(f"key {missing!r} is not in column {self.name!r}")
+        assert table.segments is not None and table.rows is not None and table.checksums is not None
+        shape = tuple(d for d in self.schema.shape or () if d is not None)
+        backend = self._co._store.backend("memmap")
+        try:
+            return backend.read_rows(  # type: ignore[attr-defined]
+                table.segments[positions],
+                table.rows[positions],
+                table.checksums[positions],
+                str(self.schema.dtype),
+                shape,
+            )
+        except CorruptionError:
+            for key, i in zip(key_list, positions.tolist(), strict=True):
+                self._read(table.location(i), key)  # name the damaged key
+            raise
 
     def digest(self, key: Key) -> str:
         """Hex content digest of the sample under ``key``."""

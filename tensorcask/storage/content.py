@@ -48,6 +48,8 @@ class ContentStore:
         self._backends: dict[tuple[str, str | None], Backend] = {}
         self._owner: dict[tuple[str, int], Backend] = {}
         self._locations: dict[bytes, Location] = {}
+        self.tables: dict[tuple[bytes, bytes], object] = {}
+        """Column tables by (tree root, schema), shared by the read checkouts of a repository."""
         self.index = ContentIndex(db, self.data_dir.parent / "index")
 
     def backend(self, name: str, compression: str | None = None) -> Backend:
@@ -137,6 +139,11 @@ class ContentStore:
                     self._remember(digest, raw)
             out = [cache.get(d) for d in digests]
         return out
+
+    def lookup_raw(self, digests: Sequence[bytes]) -> list[bytes | None]:
+        """Encoded locations of many digests, in one snapshot (for bulk readers)."""
+        with self.db.read() as txn:
+            return self.index.lookup(txn, digests)
 
     def _remember(self, digest: bytes, raw: bytes) -> Location:
         if len(self._locations) >= _CACHE_LIMIT:

@@ -35,6 +35,7 @@ import struct
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import cast
 
 import lmdb
 import numpy as np
@@ -98,6 +99,18 @@ class Run:
                     break
                 p += 1
         return out
+
+    def locations(self, indexes: np.ndarray) -> list[bytes]:
+        """Encoded locations of many entries (vectorised when they are equally long)."""
+        starts = self.offsets[indexes].astype(np.intp)
+        lengths = self.offsets[indexes + 1].astype(np.intp) - starts
+        if not len(indexes):
+            return []
+        width = int(lengths[0])
+        if (lengths == width).all():
+            gathered = self.blob[starts[:, None] + np.arange(width)].tobytes()
+            return [gathered[i : i + width] for i in range(0, len(gathered), width)]
+        return [self.location(int(i)) for i in indexes]
 
     def find_one(self, digest: bytes) -> int:
         """Entry index of one digest, or -1 (no per-call numpy array work)."""
@@ -200,9 +213,12 @@ class ContentIndex:
                 if i >= 0:
                     return [run.location(i)]
             return [None]
-        found: dict[bytes, bytes] = {
-            bytes(k): bytes(v) for k, v in txn.cursor(db=table).getmulti(digests)
-        }
+        cursor = txn.cursor(db=table)
+        if len(digests) > int(txn.stat(table)["entries"]):
+            recent = cast(dict[bytes, bytes], dict(cursor.iternext()))  # one scan beats probes
+            found = {d: recent[d] for d in digests if d in recent}
+        else:
+            found = {bytes(k): bytes(v) for k, v in cursor.getmulti(digests)}
         rest = list(dict.fromkeys(d for d in digests if d not in found))
         runs = self.runs(txn)
         if rest and runs:
@@ -211,9 +227,10 @@ class ContentIndex:
             todo = np.arange(len(rest))
             for run in runs:
                 where = run.find(queries[todo], prefixes[todo])
-                for q, i in zip(todo[where >= 0].tolist(), where[where >= 0].tolist(), strict=True):
-                    found[rest[q]] = run.location(i)
-                todo = todo[where < 0]
+                hits = where >= 0
+                for q, raw in zip(todo[hits].tolist(), run.locations(where[hits]), strict=True):
+                    found[rest[q]] = raw
+                todo = todo[~hits]
                 if not todo.size:
                     break
         return [found.get(d) for d in digests]

@@ -330,31 +330,69 @@ class MemmapBackend(Backend):
         if dtypes.count(dtype) != count or shapes.count(shape) != count:
             raise ValueError("read_stacked needs locations of one dtype and shape; use read_many")
         self._check_readable(locations[0])
+        out, bad = self._gather(
+            np.array(segments, np.int64), np.array(offsets, np.intp), list(expected), dtype, shape
+        )
+        if bad >= 0:
+            self.verify(locations[bad], out[bad : bad + 1])
+        return out
+
+    def read_rows(
+        self,
+        segments: np.ndarray,
+        rows: np.ndarray,
+        checksums: np.ndarray,
+        dtype: str,
+        shape: tuple[int, ...],
+    ) -> np.ndarray:
+        """Like :meth:`read_stacked`, from arrays instead of location objects.
+
+        The fast path of readers that keep a column's locations as arrays.
+        """
+        self._check_open()
+        out, bad = self._gather(segments, rows, checksums.tolist(), dtype, shape)
+        if bad >= 0:
+            loc = Location(
+                self.name, int(segments[bad]), int(rows[bad]), dtype, shape, int(checksums[bad])
+            )
+            self.verify(loc, out[bad : bad + 1])
+        return out
+
+    def _gather(
+        self,
+        segments: np.ndarray,
+        rows_at: np.ndarray,
+        expected: list[int],
+        dtype: str,
+        shape: tuple[int, ...],
+    ) -> tuple[np.ndarray, int]:
+        """Rows into a fresh array; returns it and the first bad row (or -1)."""
+        count = len(rows_at)
         out = np.empty((count, *shape), dtype)
+        if count == 0:
+            return out, -1
         row_bytes = out.nbytes // count
         if row_bytes == 0:
             got = [_EMPTY_CHECKSUM] * count
         else:
-            rows_at = np.array(offsets, np.intp)
-            if segments.count(segments[0]) == count:
-                rows = self._rows(segments[0], dtype, shape, int(rows_at.max()) + 1)
+            first = int(segments[0])
+            if (segments == first).all():
+                rows = self._rows(first, dtype, shape, int(rows_at.max()) + 1)
                 np.take(rows, rows_at, axis=0, out=out, mode="clip")
             else:
-                by_segment = np.array(segments)
-                for segment in set(segments):
-                    where = np.flatnonzero(by_segment == segment)
+                for segment in np.unique(segments).tolist():
+                    where = np.flatnonzero(segments == segment)
                     wanted = rows_at[where]
                     rows = self._rows(segment, dtype, shape, int(wanted.max()) + 1)
                     out[where] = rows[wanted]
             flat = out.reshape(-1).view(np.uint8).data
             hash_row = xxhash.xxh3_64_intdigest
             got = [hash_row(flat[i : i + row_bytes]) for i in range(0, len(flat), row_bytes)]
-        if got != list(expected):
-            bad = next(
-                i for i, pair in enumerate(zip(got, expected, strict=True)) if pair[0] != pair[1]
-            )
-            self.verify(locations[bad], out[bad : bad + 1])
-        return out
+        if got == expected:
+            return out, -1
+        return out, next(
+            i for i, pair in enumerate(zip(got, expected, strict=True)) if pair[0] != pair[1]
+        )
 
     def _rows(self, segment: int, dtype: str, shape: tuple[int, ...], need: int) -> np.ndarray:
         """The mapped rows of ``segment``, remapped when shorter than ``need``."""

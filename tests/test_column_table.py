@@ -1,0 +1,92 @@
+"""Reads through resolved column tables give exactly what the per-key path gives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tensorcask as tc
+from tensorcask import columns as columns_module
+
+
+@pytest.fixture
+def eager_tables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(columns_module, "_TABLE_MIN_READS", 1)
+    monkeypatch.setattr(columns_module, "_TABLE_SHARE", 1 << 30)
+
+
+def _repo(tmp_path: Path) -> tuple[tc.Repository, str, np.ndarray]:
+    repo = tc.init(tmp_path / "r", user_name="Ada", user_email="ada@example.org")
+    images = np.random.default_rng(7).integers(0, 256, (300, 4, 4), dtype=np.uint8)
+    with repo.checkout(write=True) as co:
+        col = co.add_ndarray_column("images", shape=(4, 4), dtype="uint8")
+        col.update(np.arange(0, 600, 2), images)  # even keys only
+        named = co.add_ndarray_column("named", shape=(2,), dtype="float32")
+        named.update({f"k{i:03d}": np.full(2, i, np.float32) for i in range(50)})
+        text = co.add_str_column("text")
+        text.update({i: f"t{i}" for i in range(40)})
+        varying = co.add_ndarray_column("varying", shape=(None,), dtype="int16")
+        varying.update({i: np.arange(i, dtype=np.int16) for i in range(30)})
+        cid = co.commit("data")
+    return repo, cid, images
+
+
+def test_table_reads_match_per_key_reads(tmp_path: Path, eager_tables: None) -> None:
+    repo, cid, images = _repo(tmp_path)
+    with repo.checkout(commit=cid) as rc:
+        col = rc["images"]
+        keys = [598, 0, 2, 2, 400]
+        assert np.array_equal(col.get_many(keys), images[[299, 0, 1, 1, 200]])
+        assert col._table is not None and col._table.segments is not None  # the fast path ran
+        assert np.array_equal(col.get_many(np.array(keys)), images[[299, 0, 1, 1, 200]])
+        assert np.array_equal(col[400], images[200])
+        with pytest.raises(KeyError, match="3"):
+            col.get_many([0, 3])
+        with pytest.raises(KeyError):
+            col[1]
+        assert np.array_equal(rc["named"].get_many(["k007", "k000"])[:, 0], [7, 0])
+        assert rc["named"]["k049"][1] == 49
+        assert rc["text"].get_many([3, 1]) == ["t3", "t1"]
+        assert rc["text"][39] == "t39"
+        assert [len(v) for v in rc["varying"].get_many([5, 0, 29])] == [5, 0, 29]
+        assert np.array_equal(rc["varying"][7], np.arange(7, dtype=np.int16))
+        out = col.get_many([10, 12])
+        out[:] = 0  # reads own their memory
+        assert np.array_equal(col.get_many([10, 12]), images[[5, 6]])
+    repo.close()
+
+
+def test_table_read_of_a_damaged_row_names_the_key(tmp_path: Path, eager_tables: None) -> None:
+    repo, cid, images = _repo(tmp_path)
+    with repo.checkout(commit=cid) as rc:
+        col = rc["images"]
+        col.get_many([0])  # build the table
+        loc = col._table.location(100)  # type: ignore[union-attr]
+        path = Path(repo._reader_store.path_of(loc))
+    with open(path, "r+b") as f:
+        f.seek(loc.offset * 16 + 3)
+        byte = f.read(1)
+        f.seek(loc.offset * 16 + 3)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    repo.close()
+    repo = tc.Repository(tmp_path / "r")
+    with repo.checkout(commit=cid) as rc:
+        col = rc["images"]
+        assert np.array_equal(col.get_many([0, 2]), images[[0, 1]])
+        with pytest.raises(tc.CorruptionError) as err:
+            col.get_many([0, 200, 2])
+        assert err.value.key == 200 and err.value.column == "images"
+        with pytest.raises(tc.CorruptionError):
+            col[200]
+    repo.close()
+
+
+def test_tables_are_built_only_after_enough_reads(tmp_path: Path) -> None:
+    repo, cid, _ = _repo(tmp_path)
+    with repo.checkout(commit=cid) as rc:
+        col = rc["images"]
+        col.get_many([0, 2])
+        assert col._table is None  # a few reads resolve keys one by one
+    repo.close()
