@@ -37,6 +37,7 @@ BUFFER_SAMPLES = 8192
 _TABLE_MIN_READS = 4096
 _TABLE_SHARE = 16  # resolve a whole column once 1/16 of its size has been read
 _TABLES_CACHED = 16
+_SINGLE_READ_WEIGHT = 8  # single reads resolve the column only after half of it was read
 
 
 class Column:
@@ -122,7 +123,9 @@ class Column:
         if self._table is not None or self._co.writable or not self._base_count:
             return self._table
         self._reads += reads
-        if self._reads < max(_TABLE_MIN_READS, self._base_count // _TABLE_SHARE):
+        if self._reads < _SINGLE_READ_WEIGHT * max(
+            _TABLE_MIN_READS, self._base_count // _TABLE_SHARE
+        ):
             return None
         store = self._co._store
         cache_key = (self._tree, self.schema.to_bytes())
@@ -181,7 +184,7 @@ class Column:
     def __getitem__(self, key: Key) -> Value:
         self._co._check_open()
         raw_key = encode_key(key)
-        table = self._column_table(1)
+        table = self._column_table(1)  # one key weighs 1/8 of a batch key
         if table is not None:
             i = table.position(raw_key)
             if i < 0:
@@ -207,7 +210,7 @@ class Column:
         self._co._check_open()
         key_list = keys.tolist() if isinstance(keys, np.ndarray) else list(keys)
         raw = encode_keys(key_list)
-        table = self._column_table(len(raw))
+        table = self._column_table(_SINGLE_READ_WEIGHT * len(raw))
         if table is not None and table.segments is not None and raw:
             return self._get_many_from_table(table, key_list, raw)
         digests = self._digests_of(raw)
