@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import CorruptionError, ReadOnlyError
 from .hashing import Digest
-from .history.objects import ColumnSchema
+from .history.objects import ColumnRoot, ColumnSchema
 from .history.staging import DELETED
 from .keys import Key, decode_key, encode_key, encode_keys
 from .locations import ColumnTable
@@ -36,7 +36,6 @@ __all__ = ["BUFFER_SAMPLES", "Column"]
 BUFFER_SAMPLES = 8192
 _TABLE_MIN_READS = 4096
 _TABLE_SHARE = 16  # resolve a whole column once 1/16 of its size has been read
-_TABLES_CACHED = 16
 _SINGLE_READ_WEIGHT = 8  # single reads resolve the column only after half of it was read
 
 
@@ -123,22 +122,13 @@ class Column:
         if self._table is not None or self._co.writable or not self._base_count:
             return self._table
         self._reads += reads
-        if self._reads < _SINGLE_READ_WEIGHT * max(
-            _TABLE_MIN_READS, self._base_count // _TABLE_SHARE
-        ):
+        threshold = max(_TABLE_MIN_READS, self._base_count // _TABLE_SHARE)
+        if self._reads < _SINGLE_READ_WEIGHT * threshold:
             return None
-        store = self._co._store
-        cache_key = (self._tree, self.schema.to_bytes())
-        table = store.tables.get(cache_key)
-        if table is None:
-            table = ColumnTable.build(self._co._history.tree, self._tree, store, self.schema)
-            if table is None:
-                self._reads = -(1 << 62)  # content missing: the per-key path reports it
-                return None
-            if len(store.tables) >= _TABLES_CACHED:
-                store.tables.clear()
-            store.tables[cache_key] = table
-        self._table = table  # type: ignore[assignment]
+        root = ColumnRoot(self.schema, self._tree, self._base_count)
+        self._table = self._co._repo._column_table(root)
+        if self._table is None:
+            self._reads = -(1 << 62)  # content missing: the per-key path reports it
         return self._table
 
     def _digests_of(self, raw_keys: list[bytes]) -> list[bytes | None]:

@@ -7,14 +7,19 @@ its keys in order and, for columns stored in memmap segments, each record's
 segment, row and checksum as numpy arrays. A batch read is then one
 ``searchsorted``, one fancy index and one checksum per row.
 
-A table depends only on the column's record-tree root (immutable) and on
-where its contents are stored (which ``gc`` never changes for live data), so
-it stays valid for as long as the commit exists.
+A table depends only on the column root (immutable) and on where its contents
+are stored (``gc`` never moves live data), so it is valid for as long as the
+commit exists. Tables are saved as a folder of ``.npy`` files per column root
+and memory-mapped on load, so every loader worker opens them in milliseconds
+and the operating system shares their pages.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -27,6 +32,19 @@ __all__ = ["ColumnTable"]
 
 _HEAD_BYTES = 22  # Location encoding: version u8, segment u32, offset u64, checksum u64, ndim u8
 _INT_KEY_BYTES = 9
+_ARRAYS = ("key_lengths", "keys", "digests", "location_lengths", "locations")
+
+
+def _blob(items: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.fromiter((len(b) for b in items), np.uint32, len(items))
+    return np.frombuffer(b"".join(items), np.uint8), lengths
+
+
+def _split(blob: np.ndarray, lengths: np.ndarray) -> list[bytes]:
+    data = blob.tobytes()
+    ends = np.cumsum(lengths, dtype=np.int64).tolist()
+    starts = [0, *ends[:-1]]
+    return [data[a:b] for a, b in zip(starts, ends, strict=True)]
 
 
 class ColumnTable:
@@ -39,63 +57,24 @@ class ColumnTable:
     int_keys:
         The keys as a sorted uint64 array when every key is an int, else None.
     segments, rows, checksums:
-        Per-record memmap locations (None unless every record lives in one
-        memmap dtype/shape group).
-    locations:
-        Per-record :class:`Location` objects for other backends (else None).
+        Per-record memmap locations (None unless every record is a memmap row
+        of the column's dtype and shape).
     """
 
-    def __init__(
-        self,
-        raw_keys: list[bytes],
-        digests: bytes,
-        raw_locations: list[bytes],
-        schema: ColumnSchema,
-    ) -> None:
-        self.count = len(raw_keys)
-        self.raw_keys = raw_keys
-        self.digests = digests
+    def __init__(self, arrays: dict[str, np.ndarray], schema: ColumnSchema) -> None:
+        self._arrays = arrays
         self.schema = schema
-        self.int_keys: np.ndarray | None = None
-        if all(len(k) == _INT_KEY_BYTES and k[0] == 0 for k in raw_keys):
-            joined = b"".join(k[1:] for k in raw_keys)
-            self.int_keys = np.frombuffer(joined, ">u8").astype(np.uint64)
+        self.count = len(arrays["key_lengths"])
+        self.int_keys = self._int_keys()
+        self._raw_keys: list[bytes] | None = None
         self._positions: dict[bytes, int] | None = None
+        self._locations: list[Location] | None = None
         self.segments: np.ndarray | None = None
         self.rows: np.ndarray | None = None
         self.checksums: np.ndarray | None = None
-        self.locations: list[Location] | None = None
-        if not self._parse_memmap(raw_locations):
-            self.locations = [Location.from_bytes(raw) for raw in raw_locations]
+        self._parse_memmap()
 
-    def _parse_memmap(self, raw_locations: list[bytes]) -> bool:
-        """Vectorised decoding when every location is a memmap row of one group."""
-        if not raw_locations or self.schema.backend != "memmap":
-            return False
-        first = raw_locations[0]
-        tail = first[_HEAD_BYTES:]
-        if not tail.endswith(f"memmap\0{self.schema.dtype}".encode()):
-            return False
-        width = len(first)
-        if any(len(raw) != width for raw in raw_locations):
-            return False
-        layout = np.dtype(
-            [
-                ("version", "u1"),
-                ("segment", "<u4"),
-                ("offset", "<u8"),
-                ("checksum", "<u8"),
-                ("ndim", "u1"),
-                ("tail", f"V{width - _HEAD_BYTES}"),
-            ]
-        )
-        table = np.frombuffer(b"".join(raw_locations), layout)
-        if not (table["tail"] == table["tail"][0]).all():
-            return False
-        self.segments = table["segment"].astype(np.int64)
-        self.rows = table["offset"].astype(np.intp)
-        self.checksums = table["checksum"].copy()
-        return True
+    # -- construction ----------------------------------------------------
 
     @classmethod
     def build(
@@ -109,22 +88,101 @@ class ColumnTable:
             raw_keys.extend(leaf.keys)
             blobs.append(leaf.vals)
         digests = b"".join(blobs)
-        raw_locations = store.lookup_raw([digests[i : i + 32] for i in range(0, len(digests), 32)])
-        if any(raw is None for raw in raw_locations):
+        found = store.lookup_raw([digests[i : i + 32] for i in range(0, len(digests), 32)])
+        if any(raw is None for raw in found):
             return None
-        return cls(raw_keys, digests, raw_locations, schema)  # type: ignore[arg-type]
+        keys, key_lengths = _blob(raw_keys)
+        locations, location_lengths = _blob(found)  # type: ignore[arg-type]
+        arrays = {
+            "key_lengths": key_lengths,
+            "keys": keys,
+            "digests": np.frombuffer(digests, np.uint8),
+            "location_lengths": location_lengths,
+            "locations": locations,
+        }
+        table = cls(arrays, schema)
+        table._raw_keys = raw_keys
+        return table
 
-    def positions(self, raw_keys: Sequence[bytes]) -> np.ndarray:
-        """Index of each key in the table (-1 where absent)."""
-        if self.int_keys is not None and all(
-            len(k) == _INT_KEY_BYTES and k[0] == 0 for k in raw_keys
-        ):
-            query = np.frombuffer(b"".join(k[1:] for k in raw_keys), ">u8").astype(np.uint64)
-            return self.int_positions(query)
-        positions = self._positions
-        if positions is None:
-            positions = self._positions = {k: i for i, k in enumerate(self.raw_keys)}
-        return np.array([positions.get(k, -1) for k in raw_keys], dtype=np.intp)
+    def save(self, folder: Path) -> None:
+        """Write the table atomically as ``folder`` (a no-op if another process did)."""
+        tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name in _ARRAYS:
+            with open(tmp / f"{name}.npy", "wb") as f:
+                np.save(f, np.ascontiguousarray(self._arrays[name]))
+                f.flush()
+                os.fsync(f.fileno())
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # saved meanwhile by another process: the same bytes
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    @classmethod
+    def load(cls, folder: Path, schema: ColumnSchema) -> ColumnTable:
+        """Memory-map a table written by :meth:`save`."""
+        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in _ARRAYS}
+        return cls(arrays, schema)
+
+    # -- derived views -------------------------------------------------------
+
+    def _int_keys(self) -> np.ndarray | None:
+        lengths = self._arrays["key_lengths"]
+        if not self.count or not (lengths == _INT_KEY_BYTES).all():
+            return None
+        keys = np.asarray(self._arrays["keys"]).reshape(self.count, _INT_KEY_BYTES)
+        if (keys[:, 0] != 0).any():
+            return None
+        return np.ascontiguousarray(keys[:, 1:]).view(">u8").ravel().astype(np.uint64)
+
+    def _parse_memmap(self) -> None:
+        """Vectorised decoding when every location is a memmap row of one group."""
+        lengths = self._arrays["location_lengths"]
+        if not self.count or self.schema.backend != "memmap":
+            return
+        width = int(lengths[0])
+        if not (lengths == width).all():
+            return
+        records = np.asarray(self._arrays["locations"]).reshape(self.count, width)
+        tail = records[0, _HEAD_BYTES:].tobytes()
+        if not tail.endswith(f"memmap\0{self.schema.dtype}".encode()):
+            return
+        if not (records[:, _HEAD_BYTES:] == records[0, _HEAD_BYTES:]).all():
+            return
+        head = (
+            np.ascontiguousarray(records[:, :_HEAD_BYTES])
+            .view(
+                np.dtype(
+                    [
+                        ("v", "u1"),
+                        ("segment", "<u4"),
+                        ("offset", "<u8"),
+                        ("checksum", "<u8"),
+                        ("n", "u1"),
+                    ]
+                )
+            )
+            .ravel()
+        )
+        self.segments = head["segment"].astype(np.int64)
+        self.rows = head["offset"].astype(np.intp)
+        self.checksums = head["checksum"].astype(np.uint64)
+
+    @property
+    def raw_keys(self) -> list[bytes]:
+        """Encoded keys in order (decoded from the arrays on first use)."""
+        if self._raw_keys is None:
+            self._raw_keys = _split(self._arrays["keys"], self._arrays["key_lengths"])
+        return self._raw_keys
+
+    # -- lookups -----------------------------------------------------------
+
+    def key(self, i: int) -> bytes:
+        """The encoded key of record ``i``."""
+        if self.int_keys is not None:
+            return b"\x00" + int(self.int_keys[i]).to_bytes(8, "big")
+        return self.raw_keys[i]
 
     def position(self, raw_key: bytes) -> int:
         """Index of one key (-1 where absent): a scalar path without array work."""
@@ -134,10 +192,22 @@ class ColumnTable:
             value = np.uint64(int.from_bytes(raw_key[1:], "big"))
             i = int(self.int_keys.searchsorted(value))
             return i if i < self.count and self.int_keys[i] == value else -1
-        positions = self._positions
-        if positions is None:
-            positions = self._positions = {k: i for i, k in enumerate(self.raw_keys)}
-        return positions.get(raw_key, -1)
+        return self._key_positions().get(raw_key, -1)
+
+    def positions(self, raw_keys: Sequence[bytes]) -> np.ndarray:
+        """Index of each key in the table (-1 where absent)."""
+        if self.int_keys is not None and all(
+            len(k) == _INT_KEY_BYTES and k[0] == 0 for k in raw_keys
+        ):
+            query = np.frombuffer(b"".join(k[1:] for k in raw_keys), ">u8").astype(np.uint64)
+            return self.int_positions(query)
+        positions = self._key_positions()
+        return np.array([positions.get(k, -1) for k in raw_keys], dtype=np.intp)
+
+    def _key_positions(self) -> dict[bytes, int]:
+        if self._positions is None:
+            self._positions = {k: i for i, k in enumerate(self.raw_keys)}
+        return self._positions
 
     def int_positions(self, query: np.ndarray) -> np.ndarray:
         """Index of each int key (uint64 array) in the table (-1 where absent)."""
@@ -150,19 +220,22 @@ class ColumnTable:
 
     def location(self, i: int) -> Location:
         """The location of record ``i``."""
-        if self.locations is not None:
-            return self.locations[i]
-        assert self.segments is not None and self.rows is not None and self.checksums is not None
-        shape = tuple(d for d in self.schema.shape or () if d is not None)
-        return Location(
-            "memmap",
-            int(self.segments[i]),
-            int(self.rows[i]),
-            str(self.schema.dtype),
-            shape,
-            int(self.checksums[i]),
-        )
+        if self.segments is not None:
+            assert self.rows is not None and self.checksums is not None
+            shape = tuple(d for d in self.schema.shape or () if d is not None)
+            return Location(
+                "memmap",
+                int(self.segments[i]),
+                int(self.rows[i]),
+                str(self.schema.dtype),
+                shape,
+                int(self.checksums[i]),
+            )
+        if self._locations is None:
+            raw = _split(self._arrays["locations"], self._arrays["location_lengths"])
+            self._locations = [Location.from_bytes(r) for r in raw]
+        return self._locations[i]
 
     def digest(self, i: int) -> bytes:
         """The content digest of record ``i``."""
-        return self.digests[i * 32 : (i + 1) * 32]
+        return bytes(self._arrays["digests"][i * 32 : (i + 1) * 32])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -278,9 +279,24 @@ def collect_garbage(repo: Repository, progress: Progress | None = None) -> GCRep
                 live_segments.add((loc.backend, loc.segment))
         repo._reader_store.forget_all()
         _remove_dead_segments(store, live_segments, report)
+        _remove_dead_tables(repo, live_objects)
     finally:
         store.close()
     return report
+
+
+def _remove_dead_tables(repo: Repository, live_objects: set[bytes]) -> None:
+    """Drop cached column tables of column roots no live commit has."""
+    folder = repo.path / "cache" / "tables"
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        try:
+            live = bytes.fromhex(path.name) in live_objects
+        except ValueError:
+            live = False  # a temporary folder left by a crash
+        if not live:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _remove_dead_segments(

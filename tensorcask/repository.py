@@ -7,6 +7,8 @@ On-disk layout of a repository directory::
     data/memmap/    fixed-shape sample segments
     data/hdf5/      variable-shape / compressed sample files
     data/lmdb/      str, bytes and small samples
+    index/          run files of the content index
+    cache/tables/   resolved column tables, one folder per column root (rebuildable)
     writer.lock     the writer lock (holder info inside)
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -28,11 +31,12 @@ from .errors import (
 )
 from .history.diff import Diff, diff_columns
 from .history.merge import ancestors, describe, merge_base, merge_columns
-from .history.objects import CommitId, CommitInfo
+from .history.objects import ColumnRoot, CommitId, CommitInfo
 from .history.refs import HEADS, TAGS
 from .history.staging import Staging
 from .history.store import History
 from .keys import validate_name
+from .locations import ColumnTable
 from .maintenance import GCReport, Progress, VerifyReport, collect_garbage, verify_repository
 from .storage.content import ContentStore
 from .storage.db import MetaDB
@@ -41,6 +45,7 @@ from .storage.lock import WriterLock, force_release
 __all__ = ["Repository", "init"]
 
 FORMAT_FILE = "TENSORCASK"
+_TABLES_CACHED = 16
 FORMAT_TEXT = "tensorcask repository\nformat 1\n"
 
 
@@ -412,6 +417,38 @@ class Repository:
         later writes and commits fail with :class:`~tensorcask.errors.WriterLockError`.
         """
         return force_release(self.path / "writer.lock")
+
+    def _column_table(self, root: ColumnRoot) -> ColumnTable | None:
+        """The resolved table of a committed column (memory, then disk, then built).
+
+        Tables are saved under ``cache/tables/<column root hash>``; a
+        repository the process may not write to just keeps them in memory.
+        """
+        key = root.hash
+        cache = self._reader_store.tables
+        table = cache.get(key)
+        if table is not None:
+            return table  # type: ignore[return-value]
+        folder = self.path / "cache" / "tables" / key.hex()
+        table = None
+        if folder.is_dir():
+            try:
+                table = ColumnTable.load(folder, root.schema)
+            except (OSError, ValueError, KeyError):
+                shutil.rmtree(folder, ignore_errors=True)  # a damaged cache: rebuild it
+        if table is None:
+            table = ColumnTable.build(
+                self._history.tree, root.tree, self._reader_store, root.schema
+            )
+            if table is None:
+                return None
+            with contextlib.suppress(OSError):
+                folder.parent.mkdir(parents=True, exist_ok=True)
+                table.save(folder)
+        if len(cache) >= _TABLES_CACHED:
+            cache.clear()
+        cache[key] = table
+        return table
 
     def disk_usage(self) -> int:
         """Bytes used by the repository directory."""

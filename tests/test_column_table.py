@@ -90,3 +90,49 @@ def test_tables_are_built_only_after_enough_reads(tmp_path: Path) -> None:
         col.get_many([0, 2])
         assert col._table is None  # a few reads resolve keys one by one
     repo.close()
+
+
+def test_tables_persist_per_column_root_and_gc_drops_dead_ones(
+    tmp_path: Path, eager_tables: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo, cid, images = _repo(tmp_path)
+    with repo.checkout(commit=cid) as rc:
+        rc["images"].get_many([0])
+    folders = list((repo.path / "cache" / "tables").iterdir())
+    assert len(folders) == 1
+    repo.close()
+
+    from tensorcask.locations import ColumnTable
+
+    def no_build(*args: object) -> None:
+        raise AssertionError("the saved table should have been loaded")
+
+    monkeypatch.setattr(ColumnTable, "build", classmethod(no_build))
+    repo = tc.Repository(tmp_path / "r")
+    with repo.checkout(commit=cid) as rc:
+        assert np.array_equal(rc["images"].get_many([2, 0]), images[[1, 0]])
+    repo.close()
+    monkeypatch.undo()
+    monkeypatch.setattr(columns_module, "_TABLE_MIN_READS", 1)
+    monkeypatch.setattr(columns_module, "_TABLE_SHARE", 1 << 30)
+
+    (folders[0] / "locations.npy").write_bytes(b"garbage")  # a damaged cache is rebuilt
+    repo = tc.Repository(tmp_path / "r")
+    with repo.checkout(commit=cid) as rc:
+        assert np.array_equal(rc["images"].get_many([4]), images[[2]])
+    repo.create_branch("side", base=cid)
+    with repo.checkout(write=True, branch="side") as co:
+        co["images"][1000] = images[0]  # a new column root, only on "side"
+        side = co.commit("side change")
+    with repo.checkout(commit=side) as rc:
+        rc["images"].get_many([1000])
+    tables = repo.path / "cache" / "tables"
+    assert len(list(tables.iterdir())) == 2
+    repo.gc()
+    assert len(list(tables.iterdir())) == 2  # both column roots are reachable
+    with repo.checkout(write=True, branch="main"):
+        pass  # "side" must not be the current branch to be deleted
+    repo.delete_branch("side", force=True)
+    repo.gc()
+    assert [p.name for p in tables.iterdir()] == [folders[0].name]
+    repo.close()

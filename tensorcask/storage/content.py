@@ -48,8 +48,8 @@ class ContentStore:
         self._backends: dict[tuple[str, str | None], Backend] = {}
         self._owner: dict[tuple[str, int], Backend] = {}
         self._locations: dict[bytes, Location] = {}
-        self.tables: dict[tuple[bytes, bytes], object] = {}
-        """Column tables by (tree root, schema), shared by the read checkouts of a repository."""
+        self.tables: dict[bytes, object] = {}
+        """Column tables by column root hash, shared by the read checkouts of a repository."""
         self.index = ContentIndex(db, self.data_dir.parent / "index")
 
     def backend(self, name: str, compression: str | None = None) -> Backend:
