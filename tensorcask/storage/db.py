@@ -43,6 +43,12 @@ def _acquire_env(path: Path, create: bool) -> lmdb.Environment:
     """The process's environment for ``path`` (LMDB allows one per process)."""
     key = (os.getpid(), str(path.resolve()))
     with _OPEN_LOCK:
+        for inherited in [k for k in _OPEN if k[0] != key[0]]:
+            # A forked child cannot use its parent's environments, and py-lmdb
+            # refuses to reopen a path they hold. Closing them here is safe: the
+            # parent's fcntl locks are not inherited and no transaction of ours
+            # spans a fork.
+            _OPEN.pop(inherited)[0].close()
         found = _OPEN.get(key)
         if found is not None:
             _OPEN[key] = (found[0], found[1] + 1)

@@ -1,0 +1,248 @@
+"""The framework-free core of the loaders: which samples, in which order, read in batches.
+
+:class:`RepoSource` is what a dataset object carries into DataLoader workers:
+the repository path, the pinned commit id, the column names and the optional
+key list. It pickles as exactly those values and opens the repository lazily
+in the process that reads (again after a fork), so no handle ever crosses a
+process boundary.
+
+Its :class:`SampleIndex` fixes the samples of an epoch: by default the keys
+present in every named column, in sorted order, and for each column the
+position of each sample's record in that column's resolved
+:class:`~tensorcask.locations.ColumnTable`. Column tables are saved per column
+root, so a worker opening a 1M-sample commit memory-maps a few arrays instead
+of walking record trees.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from functools import reduce
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CaskError, CorruptionError
+from ..history.objects import ColumnRoot, CommitId
+from ..keys import Key, decode_key, encode_keys
+from ..locations import ColumnTable
+from ..repository import Repository
+from ..samples import Value, from_payload
+
+__all__ = ["RepoSource", "SampleIndex"]
+
+
+class SampleIndex:
+    """The samples of one (commit, columns, keys) selection.
+
+    Attributes
+    ----------
+    positions:
+        Per column, the record index of every sample in that column's table.
+    """
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        tables: Sequence[ColumnTable],
+        keys: Sequence[Key] | np.ndarray | None = None,
+    ) -> None:
+        self.names = list(names)
+        self.tables = list(tables)
+        if keys is not None:
+            self.positions = self._chosen(keys)
+        elif all(t.int_keys is not None for t in self.tables):
+            int_keys = [t.int_keys for t in self.tables if t.int_keys is not None]
+            common = reduce(np.intersect1d, int_keys)  # sorted, unique
+            self.positions = [t.int_positions(common) for t in self.tables]
+        else:
+            shared = set(self.tables[0].raw_keys).intersection(
+                *(t.raw_keys for t in self.tables[1:])
+            )
+            ordered = sorted(shared)
+            self.positions = [t.positions(ordered) for t in self.tables]
+
+    def _chosen(self, keys: Sequence[Key] | np.ndarray) -> list[np.ndarray]:
+        raw = encode_keys(keys)
+        positions = []
+        for name, table in zip(self.names, self.tables, strict=True):
+            found = table.positions(raw)
+            if (found < 0).any():
+                missing = decode_key(raw[int(np.flatnonzero(found < 0)[0])])
+                raise KeyError(f"key {missing!r} of keys= is not in column {name!r}")
+            positions.append(found)
+        return positions
+
+    def __len__(self) -> int:
+        return len(self.positions[0]) if self.positions else 0
+
+    def key(self, i: int) -> Key:
+        """The key of sample ``i``."""
+        return decode_key(self.tables[0].key(int(self.positions[0][i])))
+
+
+class RepoSource:
+    """A picklable, lazily opened view of some columns of one commit.
+
+    Parameters
+    ----------
+    repo:
+        A repository path or an open :class:`~tensorcask.Repository`.
+    columns:
+        Column names, in the order samples yield them.
+    commit:
+        Any ref; resolved once, here, to a full commit id. Default: the
+        current branch's head now.
+    keys:
+        Restrict and order the samples (default: keys present in every
+        column, sorted).
+    """
+
+    def __init__(
+        self,
+        repo: str | os.PathLike[str] | Repository,
+        columns: Sequence[str],
+        commit: str | None = None,
+        keys: Sequence[Key] | np.ndarray | None = None,
+    ) -> None:
+        if isinstance(columns, str):
+            raise TypeError("columns must be a list of column names, not one str")
+        if not columns:
+            raise ValueError("name at least one column")
+        opened = repo if isinstance(repo, Repository) else Repository(repo)
+        self.path = opened.path
+        self.columns = list(columns)
+        self.keys = (
+            None
+            if keys is None
+            else (keys.tolist() if isinstance(keys, np.ndarray) else list(keys))
+        )
+        if commit is None:
+            head = opened.branches.get(opened.current_branch)
+            if head is None:
+                raise CaskError(
+                    f"branch {opened.current_branch!r} of {self.path} has no commits yet"
+                )
+            self.commit: CommitId = head
+        else:
+            self.commit = opened.resolve(commit)
+        self._opened: tuple[int, Repository, SampleIndex, list[ColumnRoot]] | None = None
+        self._attach(opened)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "columns": self.columns,
+            "commit": self.commit,
+            "keys": self.keys,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.path = Path(state["path"])
+        self.columns = state["columns"]
+        self.commit = state["commit"]
+        self.keys = state["keys"]
+        self._opened = None
+
+    def _attach(self, repo: Repository) -> None:
+        roots = repo._history.columns(self.commit)
+        missing = [c for c in self.columns if c not in roots]
+        if missing:
+            raise KeyError(
+                f"commit {self.commit[:12]} has no column {missing[0]!r} (columns: "
+                f"{', '.join(sorted(roots)) or 'none'})"
+            )
+        chosen = [roots[c] for c in self.columns]
+        tables = []
+        for name, root in zip(self.columns, chosen, strict=True):
+            table = repo._column_table(root)
+            if table is None:
+                raise CorruptionError(
+                    f"column {name!r} of commit {self.commit[:12]} references content missing "
+                    f"from {repo.path}; run `tensorcask verify`",
+                    column=name,
+                    path=str(repo.path),
+                )
+            tables.append(table)
+        index = SampleIndex(self.columns, tables, self.keys)
+        self._opened = (os.getpid(), repo, index, chosen)
+
+    def _state(self) -> tuple[Repository, SampleIndex, list[ColumnRoot]]:
+        opened = self._opened
+        if opened is None or opened[0] != os.getpid():  # new process: open our own handles
+            self._attach(Repository(self.path))
+            opened = self._opened
+        assert opened is not None
+        return opened[1], opened[2], opened[3]
+
+    @property
+    def index(self) -> SampleIndex:
+        """The sample index (opened in this process on first use)."""
+        return self._state()[1]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def read(self, indices: Sequence[int] | np.ndarray) -> list[np.ndarray | list[Value]]:
+        """The samples at ``indices``: one stacked array per fixed-shape memmap
+        column, a list of values for the others, in column order."""
+        repo, index, roots = self._state()
+        at = np.asarray(indices, dtype=np.intp)
+        out: list[np.ndarray | list[Value]] = []
+        for name, table, positions, root in zip(
+            index.names, index.tables, index.positions, roots, strict=True
+        ):
+            records = positions[at]
+            out.append(self._read_column(repo, name, table, records, root))
+        return out
+
+    def _read_column(
+        self,
+        repo: Repository,
+        name: str,
+        table: ColumnTable,
+        records: np.ndarray,
+        root: ColumnRoot,
+    ) -> np.ndarray | list[Value]:
+        store = repo._reader_store
+        try:
+            if table.segments is not None:
+                assert table.rows is not None and table.checksums is not None
+                shape = tuple(d for d in root.schema.shape or () if d is not None)
+                backend = store.backend("memmap")
+                return backend.read_rows(  # type: ignore[attr-defined]
+                    table.segments[records],
+                    table.rows[records],
+                    table.checksums[records],
+                    str(root.schema.dtype),
+                    shape,
+                )
+            return [from_payload(root.schema, store.read(table.location(int(r)))) for r in records]
+        except CorruptionError as exc:
+            raise self._damaged(store, name, table, records, root, exc) from exc
+
+    def _damaged(
+        self,
+        store: Any,
+        name: str,
+        table: ColumnTable,
+        records: np.ndarray,
+        root: ColumnRoot,
+        exc: CorruptionError,
+    ) -> CorruptionError:
+        """Find the damaged sample of a failed batch read and name it."""
+        for r in records.tolist():
+            try:
+                store.read(table.location(r))
+            except CorruptionError as bad:
+                key = decode_key(table.key(r))
+                return CorruptionError(
+                    f"column {name!r}, key {key!r} of commit {self.commit[:12]}: stored bytes "
+                    f"in {bad.path} fail their checksum; restore the repository from a backup",
+                    column=name,
+                    key=key,
+                    path=bad.path,
+                )
+        return exc
