@@ -65,14 +65,19 @@ class ColumnTable:
         self._arrays = arrays
         self.schema = schema
         self.count = len(arrays["key_lengths"])
-        self.int_keys = self._int_keys()
         self._raw_keys: list[bytes] | None = None
         self._positions: dict[bytes, int] | None = None
         self._locations: list[Location] | None = None
+        self.int_keys = arrays["int_keys"] if "int_keys" in arrays else self._int_keys()
+        loaded = "int_keys" in arrays  # a saved table carries its derived arrays
         self.segments: np.ndarray | None = None
         self.rows: np.ndarray | None = None
         self.checksums: np.ndarray | None = None
-        self._parse_memmap()
+        if "segments" in arrays:  # derived arrays saved with the table
+            self.segments, self.rows = arrays["segments"], arrays["rows"]
+            self.checksums = arrays["checksums"]
+        elif not loaded:
+            self._parse_memmap()
 
     # -- construction ----------------------------------------------------
 
@@ -109,9 +114,17 @@ class ColumnTable:
         tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        for name in _ARRAYS:
+        arrays = {name: self._arrays[name] for name in _ARRAYS}
+        derived = {
+            "int_keys": self.int_keys,
+            "segments": self.segments,
+            "rows": self.rows,
+            "checksums": self.checksums,
+        }
+        arrays.update({k: v for k, v in derived.items() if v is not None})
+        for name, array in arrays.items():
             with open(tmp / f"{name}.npy", "wb") as f:
-                np.save(f, np.ascontiguousarray(self._arrays[name]))
+                np.save(f, np.ascontiguousarray(array))
                 f.flush()
                 os.fsync(f.fileno())
         try:
@@ -122,7 +135,12 @@ class ColumnTable:
     @classmethod
     def load(cls, folder: Path, schema: ColumnSchema) -> ColumnTable:
         """Memory-map a table written by :meth:`save`."""
-        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in _ARRAYS}
+        arrays = {p.stem: np.load(p, mmap_mode="r") for p in folder.glob("*.npy")}
+        missing = [name for name in _ARRAYS if name not in arrays]
+        if missing:
+            raise ValueError(f"column table {folder} lacks {missing[0]}.npy")
+        if "int_keys" not in arrays:
+            arrays["int_keys"] = None
         return cls(arrays, schema)
 
     # -- derived views -------------------------------------------------------

@@ -55,8 +55,12 @@ class SampleIndex:
             self.positions = self._chosen(keys)
         elif all(t.int_keys is not None for t in self.tables):
             int_keys = [t.int_keys for t in self.tables if t.int_keys is not None]
-            common = reduce(np.intersect1d, int_keys)  # sorted, unique
-            self.positions = [t.int_positions(common) for t in self.tables]
+            first = int_keys[0]
+            if all(len(k) == len(first) and np.array_equal(k, first) for k in int_keys[1:]):
+                self.positions = [np.arange(len(first), dtype=np.intp)] * len(int_keys)
+            else:  # table keys are sorted and unique
+                common = reduce(lambda a, b: np.intersect1d(a, b, assume_unique=True), int_keys)
+                self.positions = [t.int_positions(common) for t in self.tables]
         else:
             shared = set(self.tables[0].raw_keys).intersection(
                 *(t.raw_keys for t in self.tables[1:])
