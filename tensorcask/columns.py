@@ -235,17 +235,8 @@ class Column:
         if (positions < 0).any():
             missing = key_list[int(np.flatnonzero(positions < 0)[0])]
             raise KeyError(f"key {missing!r} is not in column {self.name!r}")
-        assert table.segments is not None and table.rows is not None and table.checksums is not None
-        shape = tuple(d for d in self.schema.shape or () if d is not None)
-        backend = self._co._store.backend("memmap")
         try:
-            return backend.read_rows(  # type: ignore[attr-defined]
-                table.segments[positions],
-                table.rows[positions],
-                table.checksums[positions],
-                str(self.schema.dtype),
-                shape,
-            )
+            return table.read_stacked(self._co._store, positions)
         except CorruptionError:
             for key, i in zip(key_list, positions.tolist(), strict=True):
                 self._read(table.location(i), key)  # name the damaged key

@@ -254,6 +254,24 @@ class ColumnTable:
             self._locations = [Location.from_bytes(r) for r in raw]
         return self._locations[i]
 
+    def read_stacked(self, store: ContentStore, records: np.ndarray) -> np.ndarray:
+        """The rows of ``records`` as one fresh array, checksums verified.
+
+        Only for tables whose records are memmap rows (``segments`` is set);
+        a damaged row raises :class:`~tensorcask.errors.CorruptionError` with
+        its file path (callers name the key).
+        """
+        assert self.segments is not None and self.rows is not None and self.checksums is not None
+        shape = tuple(d for d in self.schema.shape or () if d is not None)
+        backend = store.backend("memmap")
+        return backend.read_rows(  # type: ignore[attr-defined]
+            self.segments[records],
+            self.rows[records],
+            self.checksums[records],
+            str(self.schema.dtype),
+            shape,
+        )
+
     def digest(self, i: int) -> bytes:
         """The content digest of record ``i``."""
         return bytes(self._arrays["digests"][i * 32 : (i + 1) * 32])

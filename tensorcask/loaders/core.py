@@ -213,16 +213,7 @@ class RepoSource:
         store = repo._reader_store
         try:
             if table.segments is not None:
-                assert table.rows is not None and table.checksums is not None
-                shape = tuple(d for d in root.schema.shape or () if d is not None)
-                backend = store.backend("memmap")
-                return backend.read_rows(  # type: ignore[attr-defined]
-                    table.segments[records],
-                    table.rows[records],
-                    table.checksums[records],
-                    str(root.schema.dtype),
-                    shape,
-                )
+                return table.read_stacked(store, records)
             return [from_payload(root.schema, store.read(table.location(int(r)))) for r in records]
         except CorruptionError as exc:
             raise self._damaged(store, name, table, records, root, exc) from exc
