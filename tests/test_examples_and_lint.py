@@ -68,3 +68,30 @@ def test_readme_python_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     namespace: dict[str, object] = {}
     for block in blocks:
         exec(compile(block, "README.md", "exec"), namespace)
+
+
+def test_train_torch_example_runs(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "train_torch.py"),
+            "--path",
+            str(tmp_path / "r"),
+            "--n",
+            "600",
+            "--epochs",
+            "2",
+            "--workers",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("training from commit ")
+    losses = [float(line.split("loss ")[1].split()[0]) for line in lines if "loss" in line]
+    assert len(losses) == 2 and losses[1] < losses[0]  # it learns

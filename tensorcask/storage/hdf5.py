@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate
@@ -69,6 +70,7 @@ class HDF5Backend(Backend):
         self._files = SegmentFiles(self.root, ".h5")
         self._active: dict[str, _Open] = {}  # storage dtype -> file being written
         self._readers: dict[int, _Open] = {}
+        self._readers_lock = threading.Lock()
         self._unsynced: set[int] = set()
         self._closed = False
         if writable:
@@ -244,7 +246,8 @@ class HDF5Backend(Backend):
                 opened = active
                 break
         else:
-            opened = self._readers.get(segment) or self._open_reader(segment)
+            with self._readers_lock:  # reader threads share this instance
+                opened = self._readers.get(segment) or self._open_reader(segment)
             if opened.length < need:
                 opened.data.refresh()
                 opened.length = opened.data.shape[0]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import repeat
@@ -157,6 +158,7 @@ class MemmapBackend(Backend):
         self._unsynced: set[int] = set()
         self._maps: dict[int, np.ndarray] = {}
         self._fds: dict[int, int] = {}  # kept open to check the size of mapped files
+        self._maps_lock = threading.RLock()
         self._closed = False
         self._pid = os.getpid()
         if writable:
@@ -395,7 +397,16 @@ class MemmapBackend(Backend):
         )
 
     def _rows(self, segment: int, dtype: str, shape: tuple[int, ...], need: int) -> np.ndarray:
-        """The mapped rows of ``segment``, remapped when shorter than ``need``."""
+        """The mapped rows of ``segment``, remapped when shorter than ``need``.
+
+        Thread-safe: tf.data and torch threads read through one instance.
+        """
+        with self._maps_lock:
+            return self._rows_locked(segment, dtype, shape, need)
+
+    def _rows_locked(
+        self, segment: int, dtype: str, shape: tuple[int, ...], need: int
+    ) -> np.ndarray:
         rows = self._maps.get(segment)
         if (
             rows is not None
@@ -443,8 +454,9 @@ class MemmapBackend(Backend):
     # -- segments --------------------------------------------------------
 
     def _unmap(self, segment: int) -> None:
-        self._maps.pop(segment, None)
-        self._unmap_fd(segment)
+        with self._maps_lock:
+            self._maps.pop(segment, None)
+            self._unmap_fd(segment)
 
     def _unmap_fd(self, segment: int) -> None:
         fd = self._fds.pop(segment, None)
