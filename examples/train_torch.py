@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(labels)
+            total += loss.item() * len(labels)
             correct += int((logits.argmax(1) == labels).sum())
             seen += len(labels)
         print(f"epoch {epoch + 1}: loss {total / seen:.4f}  accuracy {correct / seen:.3f}")
