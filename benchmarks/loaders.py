@@ -2,7 +2,7 @@
 
 Run from the repository root (the library must be importable, e.g. installed editable)::
 
-    python benchmarks/loaders.py                   # defaults: --n 200000 --big 2000000 --repeat 2
+    python benchmarks/loaders.py                   # defaults: --n 200000 --big 2000000 --repeat 3
     python benchmarks/loaders.py --n 50000 --big 500000
     python benchmarks/loaders.py --only torch-map  # some sections only
     python benchmarks/loaders.py --json            # results as JSON on stdout
@@ -47,6 +47,7 @@ import functools
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import subprocess
@@ -339,29 +340,41 @@ def consume(batches: Iterable[Any], to_numpy: bool = False) -> tuple[int, int, i
     return count, label_sum, pixel_sum
 
 
-def epoch_rate(what: str, data: Data, loader: Iterable[Any], tf: bool = False) -> float:
-    """Samples per second of one full epoch of ``loader`` (checked against the data)."""
+def major_faults() -> int:
+    """Major page faults so far of this process and its reaped children (DataLoader workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_majflt
+    return own + resource.getrusage(resource.RUSAGE_CHILDREN).ru_majflt
+
+
+def epoch_rate(what: str, data: Data, loader: Iterable[Any], tf: bool = False) -> tuple[float, int]:
+    """Samples per second of one full epoch of ``loader`` (checked against the data),
+    and the major page faults taken meanwhile (reads that went to disk)."""
+    faults = major_faults()
     seconds, totals = timed(lambda: consume(loader, tf))
+    faults = major_faults() - faults
     if totals != data.totals:
         raise AssertionError(
             f"{what}: one epoch gave (samples, label sum, pixel sum) = {totals}, "
             f"expected {data.totals}"
         )
-    return data.n / seconds
+    return data.n / seconds, faults
 
 
 def best_rates(
     ctx: Context, data: Data, runs: dict[str, Callable[[int], Iterable[Any]]], tf: bool = False
 ) -> dict[str, float]:
     """Best epoch rate of each run over ``ctx.repeat`` repeats; the runs alternate."""
-    rates: dict[str, list[float]] = {name: [] for name in runs}
+    rates: dict[str, list[tuple[float, int]]] = {name: [] for name in runs}
     for r in range(ctx.repeat):
         for name, make in runs.items():
             rates[name].append(epoch_rate(name, data, make(r), tf))
     for name, values in rates.items():
-        shown = ", ".join(f"{v:,.0f}" for v in values)
+        shown = ", ".join(
+            f"{rate:,.0f}" + (f" ({faults:,} major faults)" if faults else "")
+            for rate, faults in values
+        )
         ctx.log(f"    {name}: {shown} samples/s")
-    return {name: max(values) for name, values in rates.items()}
+    return {name: max(rate for rate, _ in values) for name, values in rates.items()}
 
 
 def torch_loaders() -> tuple[Any, str]:
@@ -667,45 +680,29 @@ def bench_memory(ctx: Context) -> None:
     def growth(kind: str, what: str) -> float:
         return (peak[kind, sizes[1]][what] - peak[kind, sizes[0]][what]) / grown
 
+    def row(metric: str, value: float, unit: str = "B/sample", target: bool = False) -> Row:
+        if target:
+            return Row("memory", metric, value, unit, TARGET_GROWTH, "target", 1.0)
+        return Row("memory", metric, value, unit)
+
     raw_growth = growth("memmap", "VmHWM")
-    names = {"map": "map-style", "iter": "iterable", "memmap": "memmap ceiling"}
+    names = {"map": "map-style", "iter": "iterable", "memmap": "memmap"}
     for kind in kinds:
-        for n in sizes:
-            ctx.add(
-                Row(
-                    "memory", f"{names[kind]} worker peak RSS, n={n:,}", peak[kind, n]["VmHWM"], "B"
-                )
-            )
-    for kind in kinds:
+        name, ours = names[kind], kind != "memmap"
         hwm, anon = growth(kind, "VmHWM"), growth(kind, "RssAnon")
         ctx.log(
-            f"[memory] {names[kind]}: worker peak RSS grows {hwm:.1f} B/sample "
+            f"[memory] {name}: worker peak RSS grows {hwm:.1f} B/sample "
             f"(anonymous memory {anon:.1f} B/sample) from n={sizes[0]:,} to n={sizes[1]:,}"
         )
         ctx.add(
-            Row(
-                "memory",
-                f"{names[kind]} worker anon growth per sample",
-                anon,
-                "B/sample",
-                *((TARGET_GROWTH, "target", 1.0) if kind != "memmap" else ()),
-            )
+            *(row(f"{name} worker peak RSS, n={n:,}", peak[kind, n]["VmHWM"], "B") for n in sizes)
         )
-        if kind != "memmap":
-            over = hwm - raw_growth
+        ctx.add(row(f"{name} worker peak RSS growth per sample", hwm))
+        if ours:
             ctx.add(
-                Row("memory", f"{names[kind]} worker peak RSS growth per sample", hwm, "B/sample"),
-                Row(
-                    "memory",
-                    f"{names[kind]} worker peak RSS growth over memmap's",
-                    over,
-                    "B/sample",
-                    TARGET_GROWTH,
-                    "target",
-                    1.0,
-                ),
+                row(f"{name} worker peak RSS growth over memmap's", hwm - raw_growth, target=True)
             )
-    ctx.add(Row("memory", "memmap worker peak RSS growth per sample", raw_growth, "B/sample"))
+        ctx.add(row(f"{name} worker anon memory growth per sample", anon, target=ours))
     for d in data.values():
         remove(d.repo.parent)
 
@@ -735,7 +732,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=2_000_000,
         help="samples of the memory section's big repository (default 2000000)",
     )
-    parser.add_argument("--repeat", type=int, default=2, help="repeats; the best is kept")
+    parser.add_argument("--repeat", type=int, default=3, help="repeats; the best is kept")
     parser.add_argument(
         "--workers",
         type=int,

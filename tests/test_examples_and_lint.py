@@ -95,3 +95,28 @@ def test_train_torch_example_runs(tmp_path: Path) -> None:
     assert lines[0].startswith("training from commit ")
     losses = [float(line.split("loss ")[1].split()[0]) for line in lines if "loss" in line]
     assert len(losses) == 2 and losses[1] < losses[0]  # it learns
+
+
+def test_train_tf_example_runs(tmp_path: Path) -> None:
+    pytest.importorskip("tensorflow")
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "train_tf.py"),
+            "--path",
+            str(tmp_path / "r"),
+            "--n",
+            "600",
+            "--epochs",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("training from commit ")
+    losses = [float(line.split("loss ")[1].split()[0]) for line in lines if "loss" in line]
+    assert len(losses) == 2 and losses[1] < losses[0]

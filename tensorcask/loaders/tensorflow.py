@@ -291,5 +291,7 @@ def repo_dataset(
     dataset = dataset.unbatch()
     if any(spec.kind == "variable" for spec in specs):
         dataset = dataset.map(restore, num_parallel_calls=num_parallel_calls, deterministic=True)
+    # unbatch() loses the length; the index dataset knows it (Keras, len() use it)
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(range(start, n, step))))
     dataset.commit = source.commit  # a plain attribute; derived datasets do not carry it
     return dataset
