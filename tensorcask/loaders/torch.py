@@ -220,6 +220,8 @@ class RepoIterableDataset(IterableDataset[Any]):
         self.epoch = 0
         self._resume = 0  # global position the next iteration starts from
         self._position = 0  # global position consumed in this process (see state_dict)
+        self._skip = 0  # samples of this worker's plan a resumed worker skips
+        self._yielded = 0  # samples of this worker's plan yielded (skipped ones included)
         self._pickled_topology: tuple[int, int] | None = None
 
     # -- properties -------------------------------------------------------
@@ -275,6 +277,7 @@ class RepoIterableDataset(IterableDataset[Any]):
             self.epoch = epoch
             self._resume = 0
             self._position = 0
+            self._skip = self._yielded = 0
 
     def epoch_length(self) -> int:
         """Samples in one epoch across all ranks (after padding or truncation)."""
@@ -303,11 +306,19 @@ class RepoIterableDataset(IterableDataset[Any]):
             ``commit``, ``seed``, ``epoch``, ``shuffle``, ``even_ranks``,
             ``num_samples``, ``position`` and ``version``.
         """
-        if samples_seen is None:
-            position = self._position
-        else:
+        info = get_worker_info()
+        worker: dict[str, int] | None = None
+        if samples_seen is not None:
             position = _nonnegative(samples_seen, "samples_seen")
-        return {
+        elif info is not None:
+            # Inside a DataLoader worker (torchdata's StatefulDataLoader asks each
+            # worker's copy): record where this iteration started and how far this
+            # worker got; the same worker resumes from it exactly.
+            position = self._resume
+            worker = {"id": info.id, "num_workers": info.num_workers, "yielded": self._yielded}
+        else:
+            position = self._position
+        state: dict[str, Any] = {
             "version": _STATE_VERSION,
             "commit": self.commit,
             "seed": self.seed,
@@ -317,6 +328,9 @@ class RepoIterableDataset(IterableDataset[Any]):
             "num_samples": len(self.source),
             "position": position,
         }
+        if worker is not None:
+            state["worker"] = worker
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from a :meth:`state_dict`: the next iteration yields exactly the
@@ -363,6 +377,21 @@ class RepoIterableDataset(IterableDataset[Any]):
         self.even_ranks = even
         self._resume = position
         self._position = position
+        self._skip = self._yielded = 0
+        worker = state.get("worker")
+        if worker is not None:
+            info = get_worker_info()
+            if info is None or (info.id, info.num_workers) != (
+                worker["id"],
+                worker["num_workers"],
+            ):
+                raise ValueError(
+                    "this state was taken inside DataLoader worker "
+                    f"{worker['id']} of {worker['num_workers']}; load it into the same worker "
+                    "(as torchdata's StatefulDataLoader does), or take the state with "
+                    "state_dict(samples_seen=...) in the trainer for an elastic restart"
+                )
+            self._skip = self._yielded = _nonnegative(worker["yielded"], "yielded")
 
     # -- iteration --------------------------------------------------------
 
@@ -387,7 +416,9 @@ class RepoIterableDataset(IterableDataset[Any]):
 
     def __iter__(self) -> Iterator[Any]:
         indices, world_size = self._plan()
-        return self._generate(indices, world_size)
+        skip, self._skip = self._skip, 0
+        self._yielded = skip
+        return self._generate(indices[skip:], world_size)
 
     def _generate(self, indices: np.ndarray, world_size: int) -> Iterator[Any]:
         start = self._resume
@@ -401,10 +432,12 @@ class RepoIterableDataset(IterableDataset[Any]):
             for sample in _samples(self.source.read(chunk), len(chunk)):
                 # Count before yielding: a consumer that stops here has consumed it.
                 self._position = min(end, self._position + world_size)
+                self._yielded += 1
                 yield sample if transform is None else transform(sample)
         # The epoch is over here: a later iteration starts from its beginning.
         self._position = end
         self._resume = 0
+        self._yielded = 0
 
     def __repr__(self) -> str:
         return (
