@@ -79,6 +79,7 @@ import numpy.typing as npt
 __all__ = [
     "EVEN_MODES",
     "EvenMode",
+    "checked_int",
     "epoch_length",
     "epoch_order",
     "plan",
@@ -91,8 +92,11 @@ EVEN_MODES: tuple[str, ...] = get_args(EvenMode)
 IndexArray: TypeAlias = npt.NDArray[np.int64]
 
 
-def _int(value: object, name: str, minimum: int) -> int:
-    """``value`` as a Python int that is at least ``minimum``, else raise."""
+def checked_int(value: object, name: str, minimum: int = 0) -> int:
+    """``value`` as a Python int that is at least ``minimum``, else raise.
+
+    Shared by the loader adapters for their integer arguments.
+    """
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an integer, not bool")
     try:
@@ -150,9 +154,9 @@ def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool) -> IndexArray:
     ValueError
         If ``n``, ``seed`` or ``epoch`` is negative.
     """
-    n = _int(n, "n", 0)
-    seed = _int(seed, "seed", 0)
-    epoch = _int(epoch, "epoch", 0)
+    n = checked_int(n, "n", 0)
+    seed = checked_int(seed, "seed", 0)
+    epoch = checked_int(epoch, "epoch", 0)
     if not shuffle:
         return np.arange(n, dtype=np.int64)
     generator = np.random.Generator(np.random.PCG64([seed, epoch]))
@@ -182,8 +186,8 @@ def epoch_length(n: int, *, world_size: int, even: EvenMode) -> int:
     ValueError
         If an argument is out of range.
     """
-    n = _int(n, "n", 0)
-    world_size = _int(world_size, "world_size", 1)
+    n = checked_int(n, "n", 0)
+    world_size = checked_int(world_size, "world_size", 1)
     return _length(n, world_size, _even(even))
 
 
@@ -218,12 +222,12 @@ def rank_length(n: int, *, rank: int, world_size: int, even: EvenMode, start: in
     ValueError
         If an argument is out of range.
     """
-    n = _int(n, "n", 0)
-    world_size = _int(world_size, "world_size", 1)
-    rank = _int(rank, "rank", 0)
+    n = checked_int(n, "n", 0)
+    world_size = checked_int(world_size, "world_size", 1)
+    rank = checked_int(rank, "rank", 0)
     if rank >= world_size:
         raise ValueError(f"rank must be < world_size ({world_size}) (it is {rank})")
-    start = _int(start, "start", 0)
+    start = checked_int(start, "start", 0)
     remaining = max(0, _length(n, world_size, _even(even)) - start)
     return _rank_count(remaining, rank, world_size)
 
@@ -292,17 +296,17 @@ def plan(
     ValueError
         If an argument is out of range; the message names it.
     """
-    n = _int(n, "n", 0)
-    world_size = _int(world_size, "world_size", 1)
-    rank = _int(rank, "rank", 0)
+    n = checked_int(n, "n", 0)
+    world_size = checked_int(world_size, "world_size", 1)
+    rank = checked_int(rank, "rank", 0)
     if rank >= world_size:
         raise ValueError(f"rank must be < world_size ({world_size}) (it is {rank})")
-    num_workers = _int(num_workers, "num_workers", 1)
-    worker = _int(worker, "worker", 0)
+    num_workers = checked_int(num_workers, "num_workers", 1)
+    worker = checked_int(worker, "worker", 0)
     if worker >= num_workers:
         raise ValueError(f"worker must be < num_workers ({num_workers}) (it is {worker})")
-    batch_size = _int(batch_size, "batch_size", 1)
-    start = _int(start, "start", 0)
+    batch_size = checked_int(batch_size, "batch_size", 1)
+    start = checked_int(start, "start", 0)
     mode = _even(even)
     order = epoch_order(n, seed=seed, epoch=epoch, shuffle=shuffle)
 

@@ -39,7 +39,6 @@ construction, and a corrupted sample makes the iteration raise a
 
 from __future__ import annotations
 
-import operator
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,7 +50,7 @@ import tensorflow as tf
 from ..keys import Key
 from ..repository import Repository
 from .core import RepoSource
-from .plan import epoch_order
+from .plan import checked_int, epoch_order
 
 __all__ = ["repo_dataset"]
 
@@ -88,23 +87,11 @@ def _column(name: str, schema: Any) -> _Column:
     return _Column(name, "variable" if None in shape else "fixed", dtype, shape)
 
 
-def _at_least(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, not bool")
-    try:
-        number = operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, not {type(value).__name__}") from None
-    if number < minimum:
-        raise ValueError(f"{name} must be >= {minimum} (it is {number})")
-    return number
-
-
 def _shard(shard: object) -> tuple[int, int]:
     if not isinstance(shard, tuple | list) or len(shard) != 2:
         raise TypeError(f"shard must be a pair (index, count), not {shard!r}")
-    count = _at_least(shard[1], "shard count", 1)
-    index = _at_least(shard[0], "shard index", 0)
+    count = checked_int(shard[1], "shard count", 1)
+    index = checked_int(shard[0], "shard index", 0)
     if index >= count:
         raise ValueError(f"shard index must be < shard count ({count}) (it is {index})")
     return index, count
@@ -225,8 +212,8 @@ def repo_dataset(
     TypeError, ValueError
         An argument is out of range or a column has no TensorFlow form.
     """
-    batch_read = _at_least(batch_read, "batch_read", 1)
-    seed = _at_least(seed, "seed", 0)
+    batch_read = checked_int(batch_read, "batch_read", 1)
+    seed = checked_int(seed, "seed", 0)
     chosen_shard = None if shard is None else _shard(shard)
     source = RepoSource(repo, columns, commit=commit, keys=keys)
     roots = source._state()[2]

@@ -38,7 +38,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from ..keys import Key
 from ..repository import Repository
 from .core import RepoSource
-from .plan import EVEN_MODES, EvenMode, epoch_length, plan
+from .plan import EVEN_MODES, EvenMode, checked_int, epoch_length, plan
 
 __all__ = [
     "READ_CHUNK",
@@ -204,15 +204,15 @@ class RepoIterableDataset(IterableDataset[Any]):
             )
         self.source = source
         self.shuffle = bool(shuffle)
-        self.seed = _nonnegative(seed, "seed")
+        self.seed = checked_int(seed, "seed")
         self.even_ranks: EvenMode = even_ranks
-        self.batch_size = _nonnegative(batch_size, "batch_size", 1)
+        self.batch_size = checked_int(batch_size, "batch_size", 1)
         self.transform = transform
         if (rank is None) != (world_size is None):
             raise ValueError("give both rank= and world_size=, or neither")
         if rank is not None and world_size is not None:
-            world_size = _nonnegative(world_size, "world_size", 1)
-            rank = _nonnegative(rank, "rank")
+            world_size = checked_int(world_size, "world_size", 1)
+            rank = checked_int(rank, "rank")
             if rank >= world_size:
                 raise ValueError(f"rank must be < world_size ({world_size}) (it is {rank})")
         self.rank = rank
@@ -272,7 +272,7 @@ class RepoIterableDataset(IterableDataset[Any]):
         Another epoch than the current one starts from its first sample; the
         current one keeps a position restored by :meth:`load_state_dict`.
         """
-        epoch = _nonnegative(epoch, "epoch")
+        epoch = checked_int(epoch, "epoch")
         if epoch != self.epoch:
             self.epoch = epoch
             self._resume = 0
@@ -309,7 +309,7 @@ class RepoIterableDataset(IterableDataset[Any]):
         info = get_worker_info()
         worker: dict[str, int] | None = None
         if samples_seen is not None:
-            position = _nonnegative(samples_seen, "samples_seen")
+            position = checked_int(samples_seen, "samples_seen")
         elif info is not None:
             # Inside a DataLoader worker (torchdata's StatefulDataLoader asks each
             # worker's copy): record where this iteration started and how far this
@@ -351,9 +351,9 @@ class RepoIterableDataset(IterableDataset[Any]):
             commit = state["commit"]
             num_samples = state["num_samples"]
             even = state["even_ranks"]
-            seed = _nonnegative(state["seed"], "seed")
-            epoch = _nonnegative(state["epoch"], "epoch")
-            position = _nonnegative(state["position"], "position")
+            seed = checked_int(state["seed"], "seed")
+            epoch = checked_int(state["epoch"], "epoch")
+            position = checked_int(state["position"], "position")
             shuffle = bool(state["shuffle"])
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a RepoIterableDataset state: {exc}") from None
@@ -391,7 +391,7 @@ class RepoIterableDataset(IterableDataset[Any]):
                     "(as torchdata's StatefulDataLoader does), or take the state with "
                     "state_dict(samples_seen=...) in the trainer for an elastic restart"
                 )
-            self._skip = self._yielded = _nonnegative(worker["yielded"], "yielded")
+            self._skip = self._yielded = checked_int(worker["yielded"], "yielded")
 
     # -- iteration --------------------------------------------------------
 
@@ -445,18 +445,6 @@ class RepoIterableDataset(IterableDataset[Any]):
             f"commit={self.commit[:12]!r}, samples={len(self.source)}, epoch={self.epoch}, "
             f"shuffle={self.shuffle}, seed={self.seed}, even_ranks={self.even_ranks!r})"
         )
-
-
-def _nonnegative(value: object, name: str, minimum: int = 0) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, not bool")
-    try:
-        number = operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, not {type(value).__name__}") from None
-    if number < minimum:
-        raise ValueError(f"{name} must be >= {minimum} (it is {number})")
-    return int(number)
 
 
 def repo_dataset(
