@@ -36,19 +36,18 @@ import hashlib
 import json
 import os
 import platform
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from report import Row, ceiling_row, rate_row, remove, render_table, time_row, timed
 
 import tensorcask as tc
 
@@ -91,109 +90,6 @@ print(json.dumps({"import_s": t1 - t0, "repository_s": t2 - t1, "checkout_s": t3
 # -- results ------------------------------------------------------------------
 
 
-@dataclass
-class Row:
-    """One line of the final table.
-
-    ``unit`` is ``"/s"`` (a rate, higher is better) or ``"s"`` (a time, lower
-    is better). ``ref`` is the ceiling or target; ``need`` the ratio a row must
-    reach to pass (None: informational).
-    """
-
-    section: str
-    metric: str
-    value: float
-    unit: str
-    ref: float | None = None
-    ref_kind: str = ""
-    need: float | None = None
-
-    @property
-    def ratio(self) -> float | None:
-        """Speed relative to the reference (> 1: faster than it)."""
-        if self.ref is None or self.value <= 0:
-            return None
-        return self.value / self.ref if self.unit == "/s" else self.ref / self.value
-
-    @property
-    def status(self) -> str:
-        ratio = self.ratio
-        if self.need is None or ratio is None:
-            return "-"
-        return "PASS" if ratio >= self.need else "MISS"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "section": self.section,
-            "metric": self.metric,
-            "value": self.value,
-            "unit": self.unit,
-            "reference": self.ref,
-            "reference_kind": self.ref_kind or None,
-            "need_ratio": self.need,
-            "ratio": self.ratio,
-            "status": self.status,
-        }
-
-
-def rate_row(section: str, metric: str, rate: float, target: float) -> Row:
-    return Row(section, metric, rate, "/s", target, "target", 1.0)
-
-
-def time_row(section: str, metric: str, seconds: float, target: float) -> Row:
-    return Row(section, metric, seconds, "s", target, "target", 1.0)
-
-
-def ceiling_row(
-    section: str, metric: str, rate: float, ceiling: float, need: float | None = None
-) -> Row:
-    return Row(section, metric, rate, "/s", ceiling, "ceiling", need)
-
-
-def fmt_value(value: float, unit: str) -> str:
-    if unit == "/s":
-        return f"{value:,.0f}/s"
-    if value < 1.0:
-        return f"{value * 1000:.2f} ms"
-    return f"{value:.3f} s"
-
-
-def fmt_ref(row: Row) -> str:
-    if row.ref is None:
-        return "-"
-    if row.ref_kind == "ceiling":
-        need = f" (need {row.need:.2f}x)" if row.need is not None else ""
-        return f"ceiling {fmt_value(row.ref, row.unit)}{need}"
-    sign = ">=" if row.unit == "/s" else "<="
-    return f"target {sign} {fmt_value(row.ref, row.unit)}"
-
-
-def render_table(rows: list[Row]) -> str:
-    """The rows in section order, as aligned text columns."""
-    rows = sorted(rows, key=lambda r: SECTIONS.index(r.section))
-    header = ("metric", "value", "ceiling/target", "ratio", "status")
-    cells = [
-        (
-            r.metric,
-            fmt_value(r.value, r.unit),
-            fmt_ref(r),
-            "-" if r.ratio is None else f"{r.ratio:.2f}x",
-            r.status,
-        )
-        for r in rows
-    ]
-    widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header))]
-    rule = tuple("-" * w for w in widths)
-    return "\n".join(table_line(c, widths) for c in [header, rule, *cells])
-
-
-def table_line(cells: tuple[str, ...], widths: list[int]) -> str:
-    """First column left-aligned, the others right-aligned."""
-    first = cells[0].ljust(widths[0])
-    rest = [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
-    return "  ".join([first, *rest]).rstrip()
-
-
 # -- run context ----------------------------------------------------------------
 
 
@@ -231,19 +127,6 @@ class Context:
 
     def add(self, *rows: Row) -> None:
         self.rows.extend(rows)
-
-
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    t0 = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - t0, result
-
-
-def remove(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-
-
-# -- building blocks --------------------------------------------------------------
 
 
 def new_repo(path: Path) -> tc.Repository:
@@ -625,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             print(
-                f"\n{render_table(ctx.rows)}\n\nratio = speed relative to the reference "
+                f"\n{render_table(ctx.rows, SECTIONS)}\n\nratio = speed relative to the reference "
                 f"(>1 faster); total {elapsed:.0f} s"
             )
     finally:

@@ -39,7 +39,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import signal
 import statistics
 import sys
@@ -51,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from report import remove, table_line, timed
 
 import tensorcask as tc
 
@@ -208,13 +208,6 @@ def render_table(results: list[Result], sizes: list[int]) -> str:
     return "\n".join(table_line(c, widths) for c in [header, rule, *cells])
 
 
-def table_line(cells: tuple[str, ...], widths: list[int]) -> str:
-    """First column left-aligned, the others right-aligned."""
-    first = cells[0].ljust(widths[0])
-    rest = [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
-    return "  ".join([first, *rest]).rstrip()
-
-
 # -- run context ----------------------------------------------------------------
 
 
@@ -239,19 +232,6 @@ class Context:
     def record(self, key: str, n: int, seconds: float) -> None:
         metric = next(m for m in METRICS if m.key == key)
         self.results.setdefault(key, Result(metric)).seconds[n] = seconds
-
-
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    t0 = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - t0, result
-
-
-def remove(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-
-
-# -- building blocks --------------------------------------------------------------
 
 
 def build_repo(path: Path, n: int) -> str:

@@ -48,7 +48,6 @@ import json
 import os
 import platform
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -61,6 +60,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from report import Row, ceiling_row, remove, render_table, timed
 from torch.utils.data import DataLoader, Dataset
 
 import tensorcask as tc
@@ -82,109 +82,6 @@ STATUS_FIELDS = ("VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem")
 
 
 # -- results ------------------------------------------------------------------
-
-
-@dataclass
-class Row:
-    """One line of the final table.
-
-    ``unit`` is ``"/s"`` (a rate, higher is better), ``"B"`` or ``"B/sample"``
-    (memory, lower is better). ``ref`` is the ceiling or target; ``need`` the
-    ratio a row must reach to pass (None: informational).
-    """
-
-    section: str
-    metric: str
-    value: float
-    unit: str
-    ref: float | None = None
-    ref_kind: str = ""
-    need: float | None = None
-
-    @property
-    def higher_is_better(self) -> bool:
-        return self.unit == "/s"
-
-    @property
-    def ratio(self) -> float | None:
-        """Speed relative to the reference (> 1: faster, or smaller, than it)."""
-        if self.ref is None or self.value <= 0 or self.ref <= 0:
-            return None
-        return self.value / self.ref if self.higher_is_better else self.ref / self.value
-
-    @property
-    def status(self) -> str:
-        if self.need is None or self.ref is None:
-            return "-"
-        if not self.higher_is_better:  # memory: also right when nothing grew (value <= 0)
-            return "PASS" if self.value * self.need <= self.ref else "MISS"
-        ratio = self.ratio
-        return "PASS" if ratio is not None and ratio >= self.need else "MISS"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "section": self.section,
-            "metric": self.metric,
-            "value": self.value,
-            "unit": self.unit,
-            "reference": self.ref,
-            "reference_kind": self.ref_kind or None,
-            "need_ratio": self.need,
-            "ratio": self.ratio,
-            "status": self.status,
-        }
-
-
-def ceiling_row(
-    section: str, metric: str, rate: float, ceiling: float, need: float | None = None
-) -> Row:
-    return Row(section, metric, rate, "/s", ceiling, "ceiling", need)
-
-
-def fmt_value(value: float, unit: str) -> str:
-    if unit == "/s":
-        return f"{value:,.0f}/s"
-    if unit == "B":
-        return f"{value / 2**20:,.1f} MiB"
-    if unit == "B/sample":
-        return f"{value:,.1f} B/sample"
-    return f"{value:.3f} {unit}"
-
-
-def fmt_ref(row: Row) -> str:
-    if row.ref is None:
-        return "-"
-    if row.ref_kind == "ceiling":
-        need = f" (need {row.need:.2f}x)" if row.need is not None else ""
-        return f"ceiling {fmt_value(row.ref, row.unit)}{need}"
-    sign = ">=" if row.higher_is_better else "<="
-    return f"target {sign} {fmt_value(row.ref, row.unit)}"
-
-
-def render_table(rows: list[Row]) -> str:
-    """The rows in section order, as aligned text columns."""
-    rows = sorted(rows, key=lambda r: SECTIONS.index(r.section))
-    header = ("metric", "value", "ceiling/target", "ratio", "status")
-    cells = [
-        (
-            r.metric,
-            fmt_value(r.value, r.unit),
-            fmt_ref(r),
-            "-" if r.ratio is None else f"{r.ratio:.2f}x",
-            r.status,
-        )
-        for r in rows
-    ]
-    widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header))]
-    rule = tuple("-" * w for w in widths)
-    return "\n".join(table_line(c, widths) for c in [header, rule, *cells])
-
-
-def table_line(cells: tuple[str, ...], widths: list[int]) -> str:
-    """First column left-aligned, the others right-aligned."""
-    first = cells[0].ljust(widths[0])
-    rest = [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
-    return "  ".join([first, *rest]).rstrip()
 
 
 # -- run context ----------------------------------------------------------------
@@ -223,16 +120,6 @@ class Context:
 
     def add(self, *rows: Row) -> None:
         self.rows.extend(rows)
-
-
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    t0 = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - t0, result
-
-
-def remove(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
 
 
 # -- data -------------------------------------------------------------------------
@@ -803,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             missing = "".join(f"\nnot measured: {m}" for m in ctx.missing)
             print(
-                f"\n{render_table(ctx.rows)}\n\nratio = speed relative to the reference "
+                f"\n{render_table(ctx.rows, SECTIONS)}\n\nratio = speed relative to the reference "
                 f"(>1 faster; for memory, >1 smaller); total {elapsed:.0f} s{missing}"
             )
     finally:
