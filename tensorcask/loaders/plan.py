@@ -154,13 +154,23 @@ def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool) -> IndexArray:
     ValueError
         If ``n``, ``seed`` or ``epoch`` is negative.
     """
+    return _order(n, seed=seed, epoch=epoch, shuffle=shuffle).astype(np.int64, copy=False)
+
+
+def _order(n: int, *, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """:func:`epoch_order` in the narrowest index dtype (int32 below 2**31 samples).
+
+    ``Generator.permutation(n)`` shuffles ``arange(n)`` in place; shuffling an
+    int32 ``arange`` makes the same swaps, so the order is identical at half
+    the memory every loader worker holds for an epoch.
+    """
     n = checked_int(n, "n", 0)
     seed = checked_int(seed, "seed", 0)
     epoch = checked_int(epoch, "epoch", 0)
-    if not shuffle:
-        return np.arange(n, dtype=np.int64)
-    generator = np.random.Generator(np.random.PCG64([seed, epoch]))
-    return generator.permutation(n).astype(np.int64, copy=False)
+    order = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
+    if shuffle:
+        np.random.Generator(np.random.PCG64([seed, epoch])).shuffle(order)
+    return order
 
 
 def epoch_length(n: int, *, world_size: int, even: EvenMode) -> int:
@@ -308,16 +318,18 @@ def plan(
     batch_size = checked_int(batch_size, "batch_size", 1)
     start = checked_int(start, "start", 0)
     mode = _even(even)
-    order = epoch_order(n, seed=seed, epoch=epoch, shuffle=shuffle)
+    order = _order(n, seed=seed, epoch=epoch, shuffle=shuffle)
 
     remaining = max(0, _length(n, world_size, mode) - start)
     count = _rank_count(remaining, rank, world_size)
     if count == 0:
         return np.empty(0, dtype=np.int64)
     # Positions (within the rank's sequence) whose chunk falls to this worker.
-    within = np.arange(count, dtype=np.int64)
-    within = within[(within // batch_size) % num_workers == worker]
+    # (only this worker's share is ever built: chunk starts, then their rows)
+    starts = np.arange(worker * batch_size, count, num_workers * batch_size, dtype=np.int64)
+    within = (starts[:, None] + np.arange(batch_size, dtype=np.int64)).ravel()
+    within = within[within < count]
     positions = start + rank + within * world_size  # global positions, < epoch length
     if mode == "pad":
         positions %= n  # the padded order is the cyclic order's prefix
-    return order[positions]
+    return order[positions].astype(np.int64)
