@@ -25,6 +25,8 @@ Messages say what happened, to what (column, key, ref, path) and what to do.
 
 from __future__ import annotations
 
+import ast
+import re
 from typing import Any
 
 __all__ = [
@@ -107,9 +109,32 @@ class CorruptionError(CaskError):
         path: str | None = None,
     ) -> None:
         super().__init__(message)
+        if column is None and key is None and path is None:
+            # Rebuilt from its message alone, as DataLoader does for an error
+            # raised in a worker process: recover what the message names.
+            column, key, path = _named_in(message)
         self.column = column
         self.key = key
         self.path = path
+
+
+_NAMED = re.compile(r"column '((?:[^'\\]|\\.)*)', key ((?:'(?:[^'\\]|\\.)*')|\d+)")
+_PATH = re.compile(r" in (/\S+) fail")
+
+
+def _named_in(message: str) -> tuple[str | None, object, str | None]:
+    """The column, key and path a corruption message names (None where it doesn't)."""
+    column: str | None = None
+    key: object = None
+    found = _NAMED.search(message)
+    if found is not None:
+        try:
+            column = ast.literal_eval(f"'{found.group(1)}'")
+            key = ast.literal_eval(found.group(2))
+        except (ValueError, SyntaxError):
+            column, key = None, None
+    path = _PATH.search(message)
+    return column, key, None if path is None else path.group(1)
 
 
 class PurgedDataError(CaskError):

@@ -481,6 +481,9 @@ def test_a_corrupted_sample_raises_through_worker_processes(tmp_path: Path) -> N
         assert len(errors) == 1
         assert isinstance(errors[0], tc.CorruptionError)
         assert re.search(pattern, str(errors[0])), str(errors[0])
+        # rebuilt from the worker's message, it still names what is damaged
+        assert errors[0].column == "images" and errors[0].key == key
+        assert errors[0].path is not None and errors[0].path.endswith(".seg")
 
 
 def test_works_with_tensorflow_imported_in_the_parent(repo_path: Path) -> None:
