@@ -40,7 +40,9 @@ class SampleIndex:
     Attributes
     ----------
     positions:
-        Per column, the record index of every sample in that column's table.
+        Per column, the record index of every sample in that column's table,
+        or None when sample ``i`` is record ``i`` (columns with equal key
+        sets, the common case: no array per sample at all).
     """
 
     def __init__(
@@ -51,13 +53,15 @@ class SampleIndex:
     ) -> None:
         self.names = list(names)
         self.tables = list(tables)
+        self.positions: list[np.ndarray | None]
+        self._count = self.tables[0].count
         if keys is not None:
             self.positions = self._chosen(keys)
         elif all(t.int_keys is not None for t in self.tables):
             int_keys = [t.int_keys for t in self.tables if t.int_keys is not None]
             first = int_keys[0]
             if all(len(k) == len(first) and np.array_equal(k, first) for k in int_keys[1:]):
-                self.positions = [np.arange(len(first), dtype=np.intp)] * len(int_keys)
+                self.positions = [None] * len(int_keys)
             else:  # table keys are sorted and unique
                 common = reduce(lambda a, b: np.intersect1d(a, b, assume_unique=True), int_keys)
                 self.positions = [t.int_positions(common) for t in self.tables]
@@ -68,9 +72,9 @@ class SampleIndex:
             ordered = sorted(shared)
             self.positions = [t.positions(ordered) for t in self.tables]
 
-    def _chosen(self, keys: Sequence[Key] | np.ndarray) -> list[np.ndarray]:
+    def _chosen(self, keys: Sequence[Key] | np.ndarray) -> list[np.ndarray | None]:
         raw = encode_keys(keys)
-        positions = []
+        positions: list[np.ndarray | None] = []
         for name, table in zip(self.names, self.tables, strict=True):
             found = table.positions(raw)
             if (found < 0).any():
@@ -80,11 +84,13 @@ class SampleIndex:
         return positions
 
     def __len__(self) -> int:
-        return len(self.positions[0]) if self.positions else 0
+        first = self.positions[0]
+        return self._count if first is None else len(first)
 
     def key(self, i: int) -> Key:
         """The key of sample ``i``."""
-        return decode_key(self.tables[0].key(int(self.positions[0][i])))
+        first = self.positions[0]
+        return decode_key(self.tables[0].key(i if first is None else int(first[i])))
 
 
 class RepoSource:
@@ -194,11 +200,14 @@ class RepoSource:
         column, a list of values for the others, in column order."""
         repo, index, roots = self._state()
         at = np.asarray(indices, dtype=np.intp)
+        if at.size and (int(at.min()) < 0 or int(at.max()) >= len(index)):
+            bad = int(at.min()) if int(at.min()) < 0 else int(at.max())
+            raise IndexError(f"sample index {bad} is out of range for {len(index)} samples")
         out: list[np.ndarray | list[Value]] = []
         for name, table, positions, root in zip(
             index.names, index.tables, index.positions, roots, strict=True
         ):
-            records = positions[at]
+            records = at if positions is None else positions[at]
             out.append(self._read_column(repo, name, table, records, root))
         return out
 

@@ -116,3 +116,12 @@ def test_a_damaged_sample_raises_naming_column_and_key(repo: tc.Repository) -> N
         fresh.read([5, 6])
     assert err.value.column == "images" and err.value.key == 6
     assert "images" in str(err.value) and "6" in str(err.value)
+
+
+def test_out_of_range_indices_raise_index_error(repo: tc.Repository) -> None:
+    source = RepoSource(repo, ["images", "labels"])
+    with pytest.raises(IndexError, match="8"):
+        source.read([0, 8])
+    with pytest.raises(IndexError, match="-1"):
+        source.read([-1])
+    assert source.read([])[1].tolist() == []
