@@ -219,7 +219,9 @@ class RepoIterableDataset(IterableDataset[Any]):
         self.world_size = world_size
         self.epoch = 0
         self._resume = 0  # global position the next iteration starts from
-        self._position = 0  # global position consumed in this process (see state_dict)
+        # global position consumed in this process (see state_dict): the position the
+        # running iteration started at, its end, the world size and _yielded then
+        self._counting = (0, 0, 1, 0)
         self._skip = 0  # samples of this worker's plan a resumed worker skips
         self._yielded = 0  # samples of this worker's plan yielded (skipped ones included)
         self._pickled_topology: tuple[int, int] | None = None
@@ -276,7 +278,7 @@ class RepoIterableDataset(IterableDataset[Any]):
         if epoch != self.epoch:
             self.epoch = epoch
             self._resume = 0
-            self._position = 0
+            self._counting = (0, 0, 1, 0)
             self._skip = self._yielded = 0
 
     def epoch_length(self) -> int:
@@ -317,7 +319,7 @@ class RepoIterableDataset(IterableDataset[Any]):
             position = self._resume
             worker = {"id": info.id, "num_workers": info.num_workers, "yielded": self._yielded}
         else:
-            position = self._position
+            position = self._consumed()
         state: dict[str, Any] = {
             "version": _STATE_VERSION,
             "commit": self.commit,
@@ -376,7 +378,7 @@ class RepoIterableDataset(IterableDataset[Any]):
         self.shuffle = shuffle
         self.even_ranks = even
         self._resume = position
-        self._position = position
+        self._counting = (position, position, 1, 0)
         self._skip = self._yielded = 0
         worker = state.get("worker")
         if worker is not None:
@@ -420,22 +422,26 @@ class RepoIterableDataset(IterableDataset[Any]):
         self._yielded = skip
         return self._generate(indices[skip:], world_size)
 
+    def _consumed(self) -> int:
+        """Global position consumed so far by iteration in this process."""
+        start, end, world_size, base = self._counting
+        return min(end, start + (self._yielded - base) * world_size)
+
     def _generate(self, indices: np.ndarray, world_size: int) -> Iterator[Any]:
         start = self._resume
-        self._position = start
         end = max(
             start, epoch_length(len(self.source), world_size=world_size, even=self.even_ranks)
         )
+        self._counting = (start, end, world_size, self._yielded)
         transform = self.transform
         for low in range(0, len(indices), READ_CHUNK):
             chunk = indices[low : low + READ_CHUNK]
             for sample in _samples(self.source.read(chunk), len(chunk)):
                 # Count before yielding: a consumer that stops here has consumed it.
-                self._position = min(end, self._position + world_size)
                 self._yielded += 1
                 yield sample if transform is None else transform(sample)
         # The epoch is over here: a later iteration starts from its beginning.
-        self._position = end
+        self._counting = (end, end, 1, 0)
         self._resume = 0
         self._yielded = 0
 
