@@ -70,21 +70,10 @@ def test_readme_python_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         exec(compile(block, "README.md", "exec"), namespace)
 
 
-def test_train_torch_example_runs(tmp_path: Path) -> None:
-    pytest.importorskip("torch")
+def _trained_losses(script: str, tmp_path: Path, *args: str) -> list[float]:
+    """Run a training example on a small repository; return its loss per epoch."""
     result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "examples" / "train_torch.py"),
-            "--path",
-            str(tmp_path / "r"),
-            "--n",
-            "600",
-            "--epochs",
-            "2",
-            "--workers",
-            "1",
-        ],
+        [sys.executable, str(ROOT / "examples" / script), "--path", str(tmp_path / "r"), *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -93,30 +82,18 @@ def test_train_torch_example_runs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("training from commit ")
-    losses = [float(line.split("loss ")[1].split()[0]) for line in lines if "loss" in line]
+    return [float(line.split("loss ")[1].split()[0]) for line in lines if "loss" in line]
+
+
+def test_train_torch_example_runs(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    losses = _trained_losses(
+        "train_torch.py", tmp_path, "--n", "600", "--epochs", "2", "--workers", "1"
+    )
     assert len(losses) == 2 and losses[1] < losses[0]  # it learns
 
 
 def test_train_tf_example_runs(tmp_path: Path) -> None:
     pytest.importorskip("tensorflow")
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "examples" / "train_tf.py"),
-            "--path",
-            str(tmp_path / "r"),
-            "--n",
-            "600",
-            "--epochs",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert lines[0].startswith("training from commit ")
-    losses = [float(line.split("loss ")[1].split()[0]) for line in lines if "loss" in line]
+    losses = _trained_losses("train_tf.py", tmp_path, "--n", "600", "--epochs", "2")
     assert len(losses) == 2 and losses[1] < losses[0]
