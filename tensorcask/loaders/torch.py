@@ -78,7 +78,23 @@ def _samples(columns: list[Any], count: int) -> list[tuple[Any, ...]]:
     return list(zip(*per_column, strict=True)) if per_column else []
 
 
-class RepoDataset(Dataset[Any]):
+class _PinnedSource:
+    """What both datasets expose of their :class:`RepoSource`."""
+
+    source: RepoSource
+
+    @property
+    def commit(self) -> str:
+        """The full id of the commit the dataset reads."""
+        return self.source.commit
+
+    @property
+    def columns(self) -> list[str]:
+        """The column names, in sample order."""
+        return list(self.source.columns)
+
+
+class RepoDataset(_PinnedSource, Dataset[Any]):
     """A map-style dataset over some columns of one pinned commit.
 
     Build it with :func:`repo_dataset`. ``ds[i]`` is the ``i``-th sample (in
@@ -90,16 +106,6 @@ class RepoDataset(Dataset[Any]):
     def __init__(self, source: RepoSource, transform: Transform | None = None) -> None:
         self.source = source
         self.transform = transform
-
-    @property
-    def commit(self) -> str:
-        """The full id of the commit the dataset reads."""
-        return self.source.commit
-
-    @property
-    def columns(self) -> list[str]:
-        """The column names, in sample order."""
-        return list(self.source.columns)
 
     def key(self, index: int) -> Key:
         """The key of sample ``index``."""
@@ -156,7 +162,7 @@ def _distributed() -> tuple[int, int] | None:
     return None
 
 
-class RepoIterableDataset(IterableDataset[Any]):
+class RepoIterableDataset(_PinnedSource, IterableDataset[Any]):
     """An iterable dataset over some columns of one pinned commit.
 
     Build it with :func:`repo_iterable_dataset`, which documents the
@@ -225,18 +231,6 @@ class RepoIterableDataset(IterableDataset[Any]):
         self._skip = 0  # samples of this worker's plan a resumed worker skips
         self._yielded = 0  # samples of this worker's plan yielded (skipped ones included)
         self._pickled_topology: tuple[int, int] | None = None
-
-    # -- properties -------------------------------------------------------
-
-    @property
-    def commit(self) -> str:
-        """The full id of the commit the dataset reads."""
-        return self.source.commit
-
-    @property
-    def columns(self) -> list[str]:
-        """The column names, in sample order."""
-        return list(self.source.columns)
 
     def topology(self) -> tuple[int, int]:
         """``(rank, world_size)`` used for splitting, resolved now.
