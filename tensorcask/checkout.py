@@ -10,7 +10,7 @@ it, raises :class:`~tensorcask.errors.CheckoutClosedError`.
 from __future__ import annotations
 
 from collections.abc import Iterator, MutableMapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -27,7 +27,7 @@ from .history.objects import ColumnRoot, ColumnSchema, CommitId
 from .history.refs import HEADS
 from .history.staging import DELETED, StagingState
 from .history.tree import EMPTY_ROOT
-from .keys import validate_name
+from .keys import utf8, validate_name, validate_ref_name
 from .storage.base import Payload
 from .storage.content import ContentStore
 from .storage.lock import WriterLock
@@ -40,6 +40,57 @@ __all__ = ["Checkout", "Columns", "ReadCheckout", "WriteCheckout"]
 
 _BACKENDS = ("memmap", "hdf5", "lmdb")
 _COMPRESSIONS = (None, "gzip", "lzf")
+
+
+MAX_SAMPLE_BYTES = 2**40
+"""The largest sample an ndarray column may declare (1 TiB), by its shape or max_shape."""
+
+
+def _dims(name: str, what: str, dims: Any, *, allow_none: bool) -> tuple[int | None, ...]:
+    """``shape`` / ``max_shape`` as a tuple: ints >= 0 (and ``None`` where allowed)."""
+    allowed = "ints >= 0 or None" if allow_none else "ints >= 0"
+    if dims is None or isinstance(dims, int | np.integer):
+        dims = (dims,)
+    try:
+        entries = tuple(dims)
+    except TypeError:
+        raise SchemaError(
+            f"column {name!r}: {what} must be an int or a tuple of {allowed}, not "
+            f"{type(dims).__name__} {dims!r}"
+        ) from None
+    for d in entries:
+        if d is None and allow_none:
+            continue
+        if not isinstance(d, int | np.integer) or isinstance(d, bool | np.bool_):
+            raise SchemaError(
+                f"column {name!r}: {what} {entries} holds {d!r} of type {type(d).__name__}; "
+                f"it must hold {allowed}"
+            )
+        if d < 0:
+            raise SchemaError(
+                f"column {name!r}: {what} {entries} holds the negative size {int(d)}; "
+                f"it must hold {allowed}"
+            )
+    return tuple(None if d is None else int(d) for d in entries)
+
+
+def _check_sample_size(
+    name: str, shape: tuple[int | None, ...], bound: tuple[int, ...] | None, dtype: np.dtype
+) -> None:
+    """Refuse a shape (or max_shape) whose samples could not be stored at all."""
+    dims = list(shape)
+    if bound is not None:
+        dims = [b if d is None else d for d, b in zip(shape, bound, strict=True)]
+    size = dtype.itemsize
+    for d in dims:
+        size *= 1 if d is None else d
+    if size > MAX_SAMPLE_BYTES:
+        which = "max_shape" if bound is not None and None in shape else "shape"
+        raise SchemaError(
+            f"column {name!r}: a sample of {which} {tuple(dims)} and dtype {dtype} would take "
+            f"{size} bytes; a sample may take at most {MAX_SAMPLE_BYTES} bytes (1 TiB). "
+            "Split such data over several keys or columns"
+        )
 
 
 class Columns(MutableMapping[str, "Column"]):
@@ -169,7 +220,13 @@ class WriteCheckout(Checkout):
     writable = True
 
     def __init__(self, repo: Repository, branch: str) -> None:
-        validate_name(branch, "branch name")
+        if not isinstance(branch, str):
+            raise TypeError(f"branch name must be a str, not {type(branch).__name__}")
+        repo._require_writable("open a write checkout")
+        with repo._db.read() as txn:
+            exists = repo._history.refs.get(txn, HEADS + branch) is not None
+        if not exists:  # a new branch; an existing one keeps working whatever its name
+            validate_ref_name(branch, "branch name")
         self.branch = branch
         self._lock = WriterLock(repo.path / "writer.lock")
         self._lock.acquire(f"write checkout of branch {branch!r}")
@@ -187,6 +244,8 @@ class WriteCheckout(Checkout):
         db, staging, refs = repo._db, repo._staging, repo._history.refs
         with db.write() as txn:
             head = refs.get(txn, HEADS + branch)
+            if head is None:
+                refs.check_new(txn, HEADS, branch)
             if head is None and refs.listing(txn, HEADS):
                 raise CaskError(
                     f"branch {branch!r} does not exist; create it first with "
@@ -265,13 +324,7 @@ class WriteCheckout(Checkout):
         compression:
             ``"gzip"`` or ``"lzf"`` (stored in HDF5).
         """
-        shape_t = (shape,) if isinstance(shape, int) or shape is None else tuple(shape)
-        for d in shape_t:
-            if d is not None and (
-                not isinstance(d, int | np.integer) or isinstance(d, bool) or d < 0
-            ):
-                raise SchemaError(f"column {name!r}: shape {shape_t} must hold ints >= 0 or None")
-        shape_t = tuple(None if d is None else int(d) for d in shape_t)
+        shape_t = _dims(name, "shape", shape, allow_none=True)
         try:
             np_dtype = canonical_dtype(np.dtype(dtype))
         except TypeError as exc:
@@ -283,17 +336,17 @@ class WriteCheckout(Checkout):
             )
         bound: tuple[int, ...] | None = None
         if max_shape is not None:
-            bound = tuple(int(d) for d in max_shape)
+            bound = cast(tuple[int, ...], _dims(name, "max_shape", max_shape, allow_none=False))
             if len(bound) != len(shape_t):
                 raise SchemaError(
-                    f"column {name!r}: max_shape {tuple(max_shape)} must have the column's rank "
-                    f"{len(shape_t)}"
+                    f"column {name!r}: max_shape {bound} must have the column's rank {len(shape_t)}"
                 )
             for fixed, limit in zip(shape_t, bound, strict=True):
                 if fixed is not None and fixed != limit:
                     raise SchemaError(
                         f"column {name!r}: max_shape {bound} disagrees with fixed shape {shape_t}"
                     )
+        _check_sample_size(name, shape_t, bound, np_dtype)
         if compression not in _COMPRESSIONS:
             raise SchemaError(f"column {name!r}: compression must be one of {_COMPRESSIONS}")
         fixed = None not in shape_t
@@ -365,6 +418,7 @@ class WriteCheckout(Checkout):
         payloads: np.ndarray | list[Payload],
         digests: list[Any],
     ) -> None:
+        self._db.check_identity()  # never write payloads for a removed repository
         self._lock.check_owned()
         with self._db.read() as txn:
             missing = self._store.missing(txn, digests)
@@ -397,8 +451,10 @@ class WriteCheckout(Checkout):
         """
         self._check_open()
         if not isinstance(message, str):
-            raise TypeError("the commit message must be a str")
+            raise TypeError(f"the commit message must be a str, not {type(message).__name__}")
+        utf8(message, "commit message")
         self._flush_all()
+        self._db.check_identity()
         self._lock.check_owned()
         roots = self._staged_roots(require_changes=True)
         history = self._history

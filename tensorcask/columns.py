@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from .errors import CorruptionError, ReadOnlyError
+from .errors import CorruptionError, ReadOnlyError, sample_error
 from .hashing import Digest
 from .history.objects import ColumnRoot, ColumnSchema
 from .history.staging import DELETED
@@ -127,8 +127,6 @@ class Column:
             return None
         root = ColumnRoot(self.schema, self._tree, self._base_count)
         self._table = self._co._repo._column_table(root)
-        if self._table is None:
-            self._reads = -(1 << 62)  # content missing: the per-key path reports it
         return self._table
 
     def _digests_of(self, raw_keys: list[bytes]) -> list[bytes | None]:
@@ -148,7 +146,10 @@ class Column:
         return out
 
     def _location(self, digest: bytes, key: object) -> Location:
-        loc = self._co._store.locate(digest)
+        try:
+            loc = self._co._store.locate(digest)
+        except CorruptionError as exc:
+            raise sample_error(exc, self.name, key) from exc
         if loc is None:
             raise missing_location_error(self.name, key, Digest(digest), self._co._db.path)
         return loc
@@ -157,17 +158,14 @@ class Column:
         try:
             return self._co._store.read(loc)
         except CorruptionError as exc:
-            raise self._corruption(exc, key) from exc
+            raise sample_error(exc, self.name, key) from exc
 
-    def _corruption(self, exc: CorruptionError, key: object) -> CorruptionError:
-        return CorruptionError(
-            f"column {self.name!r}, key {key!r}: stored bytes in {exc.path} fail their checksum; "
-            "the file was damaged on disk: restore the repository from a clone or backup "
-            "(`tensorcask verify --full` lists every damaged sample)",
-            column=self.name,
-            key=key,
-            path=exc.path,
-        )
+    def _read_record(self, table: ColumnTable, i: int, key: object) -> Payload:
+        try:
+            loc = table.location(i)
+        except CorruptionError as exc:
+            raise sample_error(exc, self.name, key) from exc
+        return self._read(loc, key)
 
     # -- reading ---------------------------------------------------------
 
@@ -179,7 +177,7 @@ class Column:
             i = table.position(raw_key)
             if i < 0:
                 raise KeyError(f"key {key!r} is not in column {self.name!r}")
-            return from_payload(self.schema, self._read(table.location(i), key))
+            return from_payload(self.schema, self._read_record(table, i, key))
         digest = self._digest_of(raw_key)
         if digest is None:
             raise KeyError(f"key {key!r} is not in column {self.name!r}")
@@ -207,7 +205,11 @@ class Column:
         for key, digest in zip(key_list, digests, strict=True):
             if digest is None:
                 raise KeyError(f"key {key!r} is not in column {self.name!r}")
-        found = self._co._store.locate_many(digests)  # type: ignore[arg-type]
+        try:
+            found = self._co._store.locate_many(digests)  # type: ignore[arg-type]
+        except CorruptionError:
+            found = [self._location(d, k) for d, k in zip(digests, key_list, strict=True)]  # type: ignore[arg-type]
+            raise  # not reached when a damaged entry is named above
         locs: list[Location] = []
         for key, digest, loc in zip(key_list, digests, found, strict=True):
             if loc is None:
@@ -239,7 +241,7 @@ class Column:
             return table.read_stacked(self._co._store, positions)
         except CorruptionError:
             for key, i in zip(key_list, positions.tolist(), strict=True):
-                self._read(table.location(i), key)  # name the damaged key
+                self._read_record(table, i, key)  # name the damaged key
             raise
 
     def digest(self, key: Key) -> str:

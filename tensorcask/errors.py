@@ -64,7 +64,11 @@ class WriterLockError(CaskError, PermissionError):
 
 
 class ReadOnlyError(CaskError, PermissionError):
-    """A write was attempted through a read-only checkout or column."""
+    """A write was attempted through a read-only checkout, column or repository.
+
+    A repository is read-only when opened with ``read_only=True`` or when the
+    process cannot write its files; the message says which and why.
+    """
 
 
 class CheckoutClosedError(CaskError):
@@ -119,7 +123,7 @@ class CorruptionError(CaskError):
 
 
 _NAMED = re.compile(r"column '((?:[^'\\]|\\.)*)', key ((?:'(?:[^'\\]|\\.)*')|\d+)")
-_PATH = re.compile(r" in (/\S+) fail")
+_PATH = re.compile(r" in (/[^\s(),;:]+)")
 
 
 def _named_in(message: str) -> tuple[str | None, object, str | None]:
@@ -133,8 +137,18 @@ def _named_in(message: str) -> tuple[str | None, object, str | None]:
             key = ast.literal_eval(found.group(2))
         except (ValueError, SyntaxError):
             column, key = None, None
-    path = _PATH.search(message)
+    path = _PATH.search(message, 0 if found is None else found.end())
     return column, key, None if path is None else path.group(1)
+
+
+def sample_error(
+    exc: CorruptionError, column: str, key: object, commit: str = ""
+) -> CorruptionError:
+    """``exc`` (damage found below the column layer) restated for the sample it hits."""
+    of = f" of commit {commit[:12]}" if commit else ""
+    return CorruptionError(
+        f"column {column!r}, key {key!r}{of}: {exc}", column=column, key=key, path=exc.path
+    )
 
 
 class PurgedDataError(CaskError):

@@ -3,36 +3,47 @@
 Reading a few samples goes key -> record tree -> content index -> location,
 several microseconds of Python per key. Reading many samples of one committed
 column resolves the whole column once instead: a :class:`ColumnTable` holds
-its keys in order and, for columns stored in memmap segments, each record's
-segment, row and checksum as numpy arrays. A batch read is then one
-``searchsorted``, one fancy index and one checksum per row.
+its keys in order, each record's content digest and, for columns stored in
+memmap segments, each record's segment, row and checksum as numpy arrays. A
+batch read is then one ``searchsorted``, one fancy index and one checksum per
+row.
 
 A table depends only on the column root (immutable) and on where its contents
 are stored (``gc`` never moves live data), so it is valid for as long as the
-commit exists. Tables are saved as a folder of ``.npy`` files per column root
-and memory-mapped on load, so every loader worker opens them in milliseconds
-and the operating system shares their pages.
+commit exists. :mod:`tensorcask.table_cache` saves tables checksummed, shares
+their unchanged pieces between commits and memory-maps them on load.
+
+A record whose content-index entry is damaged or missing does not stop the
+column: the table marks that record, and reading it raises
+:class:`~tensorcask.errors.CorruptionError` while every other record reads.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .history.objects import ColumnSchema
+from .errors import CorruptionError
+from .history.objects import ColumnRoot, ColumnSchema
 from .history.tree import RecordTree
 from .storage.base import Location
 from .storage.content import ContentStore
+from .table_cache import CACHE_FORMAT, TableCache
 
-__all__ = ["ColumnTable"]
+__all__ = ["ColumnTable", "ColumnTables", "Lookup"]
+
+TABLES_IN_MEMORY = 16
+_EAGER = ("int_keys", "segments", "rows", "checksums")  # what every batch read touches
 
 _HEAD_BYTES = 22  # Location encoding: version u8, segment u32, offset u64, checksum u64, ndim u8
 _INT_KEY_BYTES = 9
-_ARRAYS = ("key_lengths", "keys", "digests", "location_lengths", "locations")
+_HEAD_DTYPE = np.dtype(
+    [("v", "u1"), ("segment", "<u4"), ("offset", "<u8"), ("checksum", "<u8"), ("n", "u1")]
+)
+
+Lookup = Callable[[list[bytes]], list[bytes | CorruptionError | None]]
+"""Digests -> encoded locations (an error for a damaged index entry, None if absent)."""
 
 
 def _blob(items: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
@@ -59,139 +70,99 @@ class ColumnTable:
     segments, rows, checksums:
         Per-record memmap locations (None unless every record is a memmap row
         of the column's dtype and shape).
+    damaged:
+        Records whose location could not be resolved, with the error reading
+        them raises (None when every record resolved: the table may be saved).
     """
 
-    def __init__(self, arrays: dict[str, np.ndarray], schema: ColumnSchema) -> None:
+    def __init__(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        schema: ColumnSchema,
+        count: int,
+        damaged: dict[int, CorruptionError] | None = None,
+    ) -> None:
         self._arrays = arrays
         self.schema = schema
-        self.count = len(arrays["key_lengths"])
+        self.damaged = damaged or None
+        self.count = count
+        self.int_keys: np.ndarray | None = arrays.get("int_keys")
+        self.segments: np.ndarray | None = arrays.get("segments")
+        self.rows: np.ndarray | None = arrays.get("rows")
+        self.checksums: np.ndarray | None = arrays.get("checksums")
         self._raw_keys: list[bytes] | None = None
         self._positions: dict[bytes, int] | None = None
         self._locations: list[Location] | None = None
-        self.int_keys = arrays["int_keys"] if "int_keys" in arrays else self._int_keys()
-        loaded = "int_keys" in arrays  # a saved table carries its derived arrays
-        self.segments: np.ndarray | None = None
-        self.rows: np.ndarray | None = None
-        self.checksums: np.ndarray | None = None
-        if "segments" in arrays:  # derived arrays saved with the table
-            self.segments, self.rows = arrays["segments"], arrays["rows"]
-            self.checksums = arrays["checksums"]
-        elif not loaded:
-            self._parse_memmap()
 
     # -- construction ----------------------------------------------------
 
     @classmethod
     def build(
-        cls, tree: RecordTree, root: bytes, store: ContentStore, schema: ColumnSchema
-    ) -> ColumnTable | None:
-        """Resolve a column; None if some content is not in the index (the
-        per-key path then raises a precise error)."""
+        cls, tree: RecordTree, root: bytes, lookup: Lookup, schema: ColumnSchema
+    ) -> ColumnTable:
+        """Resolve a column from its record tree and the content index."""
         raw_keys: list[bytes] = []
         blobs: list[bytes] = []
         for leaf in tree.leaves(root):
             raw_keys.extend(leaf.keys)
             blobs.append(leaf.vals)
         digests = b"".join(blobs)
-        found = store.lookup_raw([digests[i : i + 32] for i in range(0, len(digests), 32)])
-        if any(raw is None for raw in found):
-            return None
-        keys, key_lengths = _blob(raw_keys)
-        locations, location_lengths = _blob(found)  # type: ignore[arg-type]
-        arrays = {
-            "key_lengths": key_lengths,
-            "keys": keys,
-            "digests": np.frombuffer(digests, np.uint8),
-            "location_lengths": location_lengths,
-            "locations": locations,
+        wanted = [digests[i : i + 32] for i in range(0, len(digests), 32)]
+        found = lookup(wanted)
+        damaged: dict[int, CorruptionError] = {}
+        good = next((raw for raw in found if isinstance(raw, bytes)), None)
+        resolved: list[bytes] = []
+        for i, raw in enumerate(found):
+            if isinstance(raw, bytes):
+                resolved.append(raw)
+                continue
+            damaged[i] = raw if raw is not None else _missing(wanted[i])
+            resolved.append(good or b"")  # a placeholder that is never read
+        arrays: dict[str, np.ndarray] = {
+            "digests": np.frombuffer(digests, np.uint8).reshape(-1, 32)
         }
-        table = cls(arrays, schema)
+        int_keys = _int_keys(raw_keys)
+        if int_keys is not None:
+            arrays["int_keys"] = int_keys
+        else:
+            arrays["keys"], arrays["key_lengths"] = _blob(raw_keys)
+        memmap = _parse_memmap(resolved, schema) if good is not None else None
+        if memmap is not None:
+            arrays.update(memmap)
+        else:
+            arrays["locations"], arrays["location_lengths"] = _blob(resolved)
+        table = cls(arrays, schema, len(raw_keys), damaged)
         table._raw_keys = raw_keys
         return table
 
-    def save(self, folder: Path) -> None:
-        """Write the table atomically as ``folder`` (a no-op if another process did)."""
-        tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        arrays = {name: self._arrays[name] for name in _ARRAYS}
-        derived = {
-            "int_keys": self.int_keys,
-            "segments": self.segments,
-            "rows": self.rows,
-            "checksums": self.checksums,
-        }
-        arrays.update({k: v for k, v in derived.items() if v is not None})
-        for name, array in arrays.items():
-            with open(tmp / f"{name}.npy", "wb") as f:
-                np.save(f, np.ascontiguousarray(array))
-                f.flush()
-                os.fsync(f.fileno())
-        try:
-            os.rename(tmp, folder)
-        except OSError:  # saved meanwhile by another process: the same bytes
-            shutil.rmtree(tmp, ignore_errors=True)
+    def arrays(self) -> dict[str, np.ndarray]:
+        """What :meth:`from_arrays` needs to rebuild this table (for the cache)."""
+        return dict(self._arrays)
 
     @classmethod
-    def load(cls, folder: Path, schema: ColumnSchema) -> ColumnTable:
-        """Memory-map a table written by :meth:`save`."""
-        arrays = {p.stem: np.load(p, mmap_mode="r") for p in folder.glob("*.npy")}
-        missing = [name for name in _ARRAYS if name not in arrays]
-        if missing:
-            raise ValueError(f"column table {folder} lacks {missing[0]}.npy")
-        if "int_keys" not in arrays:
-            arrays["int_keys"] = None
-        return cls(arrays, schema)
+    def from_arrays(
+        cls, arrays: Mapping[str, np.ndarray], schema: ColumnSchema, count: int
+    ) -> ColumnTable:
+        """A table of ``count`` records from saved arrays (checked by the cache)."""
+        keys_ok = "int_keys" in arrays or ("keys" in arrays and "key_lengths" in arrays)
+        locations_ok = all(k in arrays for k in ("segments", "rows", "checksums")) or (
+            "locations" in arrays and "location_lengths" in arrays
+        )
+        if "digests" not in arrays or not keys_ok or not locations_ok:
+            raise ValueError("a saved column table lacks some of its arrays")
+        return cls(arrays, schema, count)
 
     # -- derived views -------------------------------------------------------
-
-    def _int_keys(self) -> np.ndarray | None:
-        lengths = self._arrays["key_lengths"]
-        if not self.count or not (lengths == _INT_KEY_BYTES).all():
-            return None
-        keys = np.asarray(self._arrays["keys"]).reshape(self.count, _INT_KEY_BYTES)
-        if (keys[:, 0] != 0).any():
-            return None
-        return np.ascontiguousarray(keys[:, 1:]).view(">u8").ravel().astype(np.uint64)
-
-    def _parse_memmap(self) -> None:
-        """Vectorised decoding when every location is a memmap row of one group."""
-        lengths = self._arrays["location_lengths"]
-        if not self.count or self.schema.backend != "memmap":
-            return
-        width = int(lengths[0])
-        if not (lengths == width).all():
-            return
-        records = np.asarray(self._arrays["locations"]).reshape(self.count, width)
-        tail = records[0, _HEAD_BYTES:].tobytes()
-        if not tail.endswith(f"memmap\0{self.schema.dtype}".encode()):
-            return
-        if not (records[:, _HEAD_BYTES:] == records[0, _HEAD_BYTES:]).all():
-            return
-        head = (
-            np.ascontiguousarray(records[:, :_HEAD_BYTES])
-            .view(
-                np.dtype(
-                    [
-                        ("v", "u1"),
-                        ("segment", "<u4"),
-                        ("offset", "<u8"),
-                        ("checksum", "<u8"),
-                        ("n", "u1"),
-                    ]
-                )
-            )
-            .ravel()
-        )
-        self.segments = head["segment"].astype(np.int64)
-        self.rows = head["offset"].astype(np.intp)
-        self.checksums = head["checksum"].astype(np.uint64)
 
     @property
     def raw_keys(self) -> list[bytes]:
         """Encoded keys in order (decoded from the arrays on first use)."""
         if self._raw_keys is None:
-            self._raw_keys = _split(self._arrays["keys"], self._arrays["key_lengths"])
+            if self.int_keys is not None:
+                packed = self.int_keys.astype(">u8").tobytes()
+                self._raw_keys = [b"\x00" + packed[i : i + 8] for i in range(0, len(packed), 8)]
+            else:
+                self._raw_keys = _split(self._arrays["keys"], self._arrays["key_lengths"])
         return self._raw_keys
 
     # -- lookups -----------------------------------------------------------
@@ -237,7 +208,9 @@ class ColumnTable:
         return np.where(keys[clipped] == query, clipped, -1).astype(np.intp)
 
     def location(self, i: int) -> Location:
-        """The location of record ``i``."""
+        """The location of record ``i`` (CorruptionError if it could not be resolved)."""
+        if self.damaged is not None and i in self.damaged:
+            raise self.damaged[i]
         if self.segments is not None:
             assert self.rows is not None and self.checksums is not None
             shape = tuple(d for d in self.schema.shape or () if d is not None)
@@ -251,8 +224,18 @@ class ColumnTable:
             )
         if self._locations is None:
             raw = _split(self._arrays["locations"], self._arrays["location_lengths"])
-            self._locations = [Location.from_bytes(r) for r in raw]
+            self._locations = [
+                _decode(r) if self.damaged is None or n not in self.damaged else _PLACEHOLDER
+                for n, r in enumerate(raw)
+            ]
         return self._locations[i]
+
+    def check_records(self, records: np.ndarray) -> None:
+        """Raise the error of the first record in ``records`` that could not be resolved."""
+        if self.damaged is not None:
+            bad = np.isin(records, np.fromiter(self.damaged, np.intp, len(self.damaged)))
+            if bad.any():
+                raise self.damaged[int(records[int(np.flatnonzero(bad)[0])])]
 
     def read_stacked(self, store: ContentStore, records: np.ndarray) -> np.ndarray:
         """The rows of ``records`` as one fresh array, checksums verified.
@@ -262,9 +245,9 @@ class ColumnTable:
         its file path (callers name the key).
         """
         assert self.segments is not None and self.rows is not None and self.checksums is not None
+        self.check_records(records)
         shape = tuple(d for d in self.schema.shape or () if d is not None)
-        backend = store.backend("memmap")
-        return backend.read_rows(  # type: ignore[attr-defined]
+        return store.read_rows(
             self.segments[records],
             self.rows[records],
             self.checksums[records],
@@ -274,4 +257,94 @@ class ColumnTable:
 
     def digest(self, i: int) -> bytes:
         """The content digest of record ``i``."""
-        return bytes(self._arrays["digests"][i * 32 : (i + 1) * 32])
+        return self._arrays["digests"][i].tobytes()
+
+
+class ColumnTables:
+    """The column tables of one repository: from memory, else the disk cache, else built.
+
+    Parameters
+    ----------
+    tree:
+        The repository's record trees.
+    store:
+        The content store whose index resolves digests (and reads rows).
+    cache:
+        The on-disk table cache.
+    """
+
+    def __init__(self, tree: RecordTree, store: ContentStore, cache: TableCache) -> None:
+        self.tree = tree
+        self.store = store
+        self.cache = cache
+        self._memory: dict[bytes, ColumnTable] = {}
+
+    def get(self, root: ColumnRoot) -> ColumnTable:
+        """The table of a committed column root."""
+        table = self._memory.get(root.hash)
+        if table is not None:
+            return table
+        name = root.hash.hex()
+        stamp = {"format": CACHE_FORMAT, "root": name, "count": root.count}
+        arrays = self.cache.load(name, stamp, eager=_EAGER)
+        table = None
+        if arrays is not None:
+            try:
+                table = ColumnTable.from_arrays(arrays, root.schema, root.count)
+            except ValueError:
+                self.cache.forget(name)
+        if table is None:
+            table = ColumnTable.build(self.tree, root.tree, self.store.lookup_raw, root.schema)
+            if table.damaged is None:  # a table with unresolved records is never saved
+                self.cache.save(name, stamp, table.arrays())
+        if len(self._memory) >= TABLES_IN_MEMORY:
+            self._memory.pop(next(iter(self._memory)))
+        self._memory[root.hash] = table
+        return table
+
+    def forget(self) -> None:
+        """Drop the tables held in memory (after gc or a repair)."""
+        self._memory.clear()
+
+
+_PLACEHOLDER = Location("memory", 0, 0, "blob", (0,), 0)
+
+
+def _decode(raw: bytes) -> Location:
+    return Location.from_bytes(raw)
+
+
+def _missing(digest: bytes) -> CorruptionError:
+    return CorruptionError(
+        f"content {digest.hex()[:16]} is not in the content index; the repository is damaged "
+        "(run `tensorcask verify --full`)"
+    )
+
+
+def _int_keys(raw_keys: list[bytes]) -> np.ndarray | None:
+    """The keys as a uint64 array when every key is an int."""
+    if not raw_keys or any(len(k) != _INT_KEY_BYTES or k[0] != 0 for k in raw_keys):
+        return None
+    packed = np.frombuffer(b"".join(raw_keys), np.uint8).reshape(-1, _INT_KEY_BYTES)
+    return np.ascontiguousarray(packed[:, 1:]).view(">u8").ravel().astype(np.uint64)
+
+
+def _parse_memmap(resolved: list[bytes], schema: ColumnSchema) -> dict[str, np.ndarray] | None:
+    """Vectorised decoding when every location is a memmap row of the column's group."""
+    if not resolved or schema.backend != "memmap":
+        return None
+    width = len(resolved[0])
+    if any(len(r) != width for r in resolved):
+        return None
+    records = np.frombuffer(b"".join(resolved), np.uint8).reshape(len(resolved), width)
+    tail = records[0, _HEAD_BYTES:].tobytes()
+    if not tail.endswith(f"memmap\0{schema.dtype}".encode()):
+        return None
+    if not (records[:, _HEAD_BYTES:] == records[0, _HEAD_BYTES:]).all():
+        return None
+    head = np.ascontiguousarray(records[:, :_HEAD_BYTES]).view(_HEAD_DTYPE).ravel()
+    return {
+        "segments": head["segment"].astype(np.int64),
+        "rows": head["offset"].astype(np.intp),
+        "checksums": head["checksum"].astype(np.uint64),
+    }

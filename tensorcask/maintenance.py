@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .errors import CaskError, CorruptionError
+import lmdb
+
+from .errors import CaskError, CorruptionError, RefNotFoundError
 from .hashing import object_hash
-from .history.objects import ColumnRoot, CommitId, RecordRoot, commit_id_of
+from .history.objects import ColumnRoot, CommitId, RecordRoot
 from .history.refs import HEADS, TAGS
 from .history.tree import EMPTY_ROOT, Node, decode_node
 from .keys import decode_key
@@ -100,6 +101,10 @@ Progress = Callable[[str, int], None]
 """Called as ``progress(phase, count)`` while long maintenance work runs."""
 
 
+_PROBLEMS = (CaskError, OSError, ValueError, KeyError, lmdb.Error)
+"""What a damaged repository can raise while it is verified: reported, never raised."""
+
+
 def verify_repository(
     repo: Repository,
     ref: str | None,
@@ -108,22 +113,21 @@ def verify_repository(
     raise_on_error: bool,
     progress: Progress | None = None,
 ) -> VerifyReport:
-    """Check hashes of commits, record roots, pages and (``full``) sample bytes."""
+    """Check hashes of commits, record roots, pages, the content index, the
+    table cache and (``full``) sample bytes; report every problem found."""
     report = VerifyReport(full=full)
-    starts = [repo.resolve(ref)] if ref is not None else _ref_targets(repo)
     try:
-        commits = _reachable_commits(repo, starts)
-    except CaskError as exc:
+        starts = [repo.resolve(ref)] if ref is not None else _ref_targets(repo)
+    except RefNotFoundError:
+        raise
+    except _PROBLEMS as exc:
         report.add(str(exc))
-        commits = []
+        starts = []
     seen_objects: set[bytes] = set()
     seen_digests: set[bytes] = set()
-    for cid in commits:
+    for cid in _walk_commits(repo, starts, report):
         report.commits += 1
         commit = repo._history.commit(cid)
-        raw = repo._history.commit(cid).to_bytes()
-        if commit_id_of(raw) != cid:
-            report.add(f"commit {cid} does not hash to its id")
         data = _checked_object(repo, commit.records, f"record root of commit {cid}", report)
         if data is None or commit.records in seen_objects:
             continue
@@ -135,12 +139,47 @@ def verify_repository(
             seen_objects.add(root_hash)
             root = ColumnRoot.from_bytes(root_data)
             _verify_tree(repo, name, root, cid, full, report, seen_objects, seen_digests, progress)
+    _verify_index(repo, report)
+    for problem in repo._tables.cache.check():
+        report.add(f"{problem} (removed: it is rebuilt on the next read)")
+    repo._tables.forget()
     if raise_on_error and not report.ok:
         raise CorruptionError(
             f"repository {repo.path} failed verification: {report.problems[0]}"
             + (f" (and {len(report.problems) - 1} more)" if len(report.problems) > 1 else "")
         )
     return report
+
+
+def _walk_commits(repo: Repository, starts: Iterable[str], report: VerifyReport) -> list[str]:
+    """Commits reachable from ``starts`` whose bytes hash to their id; others are reported."""
+    seen: set[str] = set()
+    order: list[str] = []
+    stack = list(starts)
+    while stack:
+        cid = stack.pop()
+        if cid in seen:
+            continue
+        seen.add(cid)
+        try:
+            commit = repo._history.commit(cid)
+        except _PROBLEMS as exc:
+            report.add(f"commit {cid}: {exc}")
+            continue
+        order.append(cid)
+        stack.extend(commit.parents)
+    return order
+
+
+def _verify_index(repo: Repository, report: VerifyReport) -> None:
+    """Check every content-index entry and run file."""
+    index = repo._reader_store.index
+    try:
+        with repo._db.read() as txn:
+            for problem in index.check(txn):
+                report.add(str(problem))
+    except _PROBLEMS as exc:
+        report.add(f"content index: {exc}")
 
 
 def _checked_object(repo: Repository, key: bytes, what: str, report: VerifyReport) -> bytes | None:
@@ -190,7 +229,11 @@ def _verify_tree(
             if progress is not None and not report.samples % 4096:
                 progress("verifying samples", report.samples)
             key = decode_key(raw_key)
-            loc = store.locate(digest)
+            try:
+                loc = store.locate(digest)
+            except _PROBLEMS as exc:
+                report.add(f"column {column!r}, key {key!r}: {exc}")
+                continue
             if loc is None:
                 report.add(
                     f"column {column!r}, key {key!r}: content {digest.hex()[:16]} is missing"
@@ -214,8 +257,8 @@ def _verify_sample(
     except CorruptionError as exc:
         report.add(f"column {column!r}, key {key!r}: checksum mismatch in {exc.path}")
         return
-    except OSError as exc:
-        report.add(f"column {column!r}, key {key!r}: cannot read {store.path_of(loc)}: {exc}")
+    except _PROBLEMS as exc:
+        report.add(f"column {column!r}, key {key!r}: cannot read its bytes: {exc}")
         return
     value = payload.decode("utf-8") if root.schema.kind == "str" else payload  # type: ignore[union-attr]
     _, again = prepare_one(root.schema, value, column, key)
@@ -279,24 +322,11 @@ def collect_garbage(repo: Repository, progress: Progress | None = None) -> GCRep
                 live_segments.add((loc.backend, loc.segment))
         repo._reader_store.forget_all()
         _remove_dead_segments(store, live_segments, report)
-        _remove_dead_tables(repo, live_objects)
+        repo._tables.forget()
+        repo._tables.cache.retain(h.hex() for h in live_objects)
     finally:
         store.close()
     return report
-
-
-def _remove_dead_tables(repo: Repository, live_objects: set[bytes]) -> None:
-    """Drop cached column tables of column roots no live commit has."""
-    folder = repo.path / "cache" / "tables"
-    if not folder.is_dir():
-        return
-    for path in folder.iterdir():
-        try:
-            live = bytes.fromhex(path.name) in live_objects
-        except ValueError:
-            live = False  # a temporary folder left by a crash
-        if not live:
-            shutil.rmtree(path, ignore_errors=True)
 
 
 def _remove_dead_segments(

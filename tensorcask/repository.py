@@ -8,7 +8,7 @@ On-disk layout of a repository directory::
     data/hdf5/      variable-shape / compressed sample files
     data/lmdb/      str, bytes and small samples
     index/          run files of the content index
-    cache/tables/   resolved column tables, one folder per column root (rebuildable)
+    cache/          checksummed column tables (rebuildable; see table_cache.py)
     writer.lock     the writer lock (holder info inside)
 """
 
@@ -17,16 +17,20 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
-import shutil
+import re
 import subprocess
 from pathlib import Path
 from typing import Any, Literal, overload
 
+import numpy as np
+
+from .access import open_metadata
 from .checkout import ReadCheckout, WriteCheckout
 from .errors import (
     CaskError,
     ConcurrentUpdateError,
     MergeConflictError,
+    ReadOnlyError,
     RepositoryNotFoundError,
 )
 from .history.diff import Diff, diff_columns
@@ -35,18 +39,77 @@ from .history.objects import ColumnRoot, CommitId, CommitInfo
 from .history.refs import HEADS, TAGS
 from .history.staging import Staging
 from .history.store import History
-from .keys import validate_name
-from .locations import ColumnTable
+from .keys import utf8, validate_ref_name
+from .locations import ColumnTable, ColumnTables
 from .maintenance import GCReport, Progress, VerifyReport, collect_garbage, verify_repository
 from .storage.content import ContentStore
 from .storage.db import MetaDB
 from .storage.lock import WriterLock, force_release
+from .table_cache import TableCache
 
 __all__ = ["Repository", "init"]
 
 FORMAT_FILE = "TENSORCASK"
-_TABLES_CACHED = 16
-FORMAT_TEXT = "tensorcask repository\nformat 1\n"
+CACHE_DIR = "cache"
+DEFAULT_TABLE_CACHE_BYTES = 256 << 20
+FORMAT_VERSION = 1
+"""The newest repository format this tensorcask reads and writes."""
+FORMAT_TEXT = f"tensorcask repository\nformat {FORMAT_VERSION}\n"
+_FORMAT_LINE = re.compile(r"format ([0-9]{1,9})")
+
+
+def read_format(marker: Path) -> int:
+    """The format version the marker file ``marker`` (``TENSORCASK``) declares.
+
+    Only reads. Raises :class:`~tensorcask.errors.CaskError` if the marker
+    is not a valid tensorcask format marker, or declares a format newer than
+    :data:`FORMAT_VERSION` (then the message names both versions and how to
+    upgrade).
+    """
+    try:
+        with open(marker, "rb") as f:
+            data = f.read(4096)
+    except OSError as exc:
+        raise CaskError(f"cannot read the repository marker {marker}: {exc}") from exc
+    lines = data.decode("utf-8", "replace").splitlines()
+    found = None
+    if len(lines) >= 2 and lines[0].strip() == "tensorcask repository":
+        match = _FORMAT_LINE.fullmatch(lines[1].strip())
+        if match is not None:
+            found = int(match.group(1))
+    if found is None or found < 1:
+        raise CaskError(
+            f"{marker} is not a valid tensorcask format marker (it should read "
+            f"{FORMAT_TEXT!r}, it holds {data[:64]!r}); the repository at {marker.parent} is "
+            "damaged or was not made by tensorcask: restore the file, or the repository from "
+            "a clone or backup"
+        )
+    if found > FORMAT_VERSION:
+        from . import __version__
+
+        raise CaskError(
+            f"the repository at {marker.parent} has format {found}, but this tensorcask "
+            f"({__version__}) reads format {FORMAT_VERSION} at most; it was written by a newer "
+            "tensorcask: upgrade with `pip install -U tensorcask`"
+        )
+    return found
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _identity(value: object, what: str) -> str:
+    """A user name or email to record in commits: a str without control characters."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
+    utf8(value, what)
+    bad = _CONTROL.search(value)
+    if bad is not None:
+        raise ValueError(
+            f"{what} {value!r} contains the control character {bad.group()!r}; "
+            "give it on one line, without control characters"
+        )
+    return value
 
 
 def _git_config(key: str) -> str | None:
@@ -90,6 +153,11 @@ def init(
         Open an existing repository instead of raising.
     """
     root = Path(path)
+    if root.exists() and not root.is_dir():
+        raise CaskError(
+            f"cannot create a repository at {root}: it is a file, not a directory; "
+            "choose an empty or new directory"
+        )
     if (root / FORMAT_FILE).exists():
         if exist_ok:
             return Repository(root)
@@ -97,14 +165,22 @@ def init(
     if root.exists() and any(root.iterdir()):
         raise CaskError(f"{root} exists and is not empty; choose an empty or new directory")
     default_name, default_email = _default_identity()
-    root.mkdir(parents=True, exist_ok=True)
+    name = _identity(user_name or default_name, "user_name")
+    email = _identity(user_email or default_email, "user_email")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise CaskError(
+            f"cannot create a repository at {root}: {exc.filename or root} is in the way "
+            "(a file where a directory should be); choose another path"
+        ) from exc
     (root / "data").mkdir(exist_ok=True)
     db = MetaDB(root / "meta", create=True)
     with db.write() as txn:
         db.put_json(
             txn,
             "config",
-            {"user_name": user_name or default_name, "user_email": user_email or default_email},
+            {"user_name": name, "user_email": email},
         )
     db.close()
     marker = root / FORMAT_FILE
@@ -121,6 +197,10 @@ class Repository:
     ----------
     path:
         The repository directory (as given to :func:`init`).
+    read_only:
+        Refuse every write (:class:`~tensorcask.errors.ReadOnlyError`). A
+        repository this process cannot write (a read-only mount, another
+        user's files) opens read-only without asking; see :attr:`read_only`.
 
     Raises
     ------
@@ -128,20 +208,51 @@ class Repository:
         If ``path`` holds no repository.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False) -> None:
         self.path = Path(path).absolute()
         if not (self.path / FORMAT_FILE).is_file():
             raise RepositoryNotFoundError(
                 f"no tensorcask repository at {self.path}; create one with tensorcask.init() "
                 "or `tensorcask init`"
             )
-        self._db = MetaDB(self.path / "meta")
+        read_format(self.path / FORMAT_FILE)  # before anything is opened or written
+        self._db = open_metadata(self.path, read_only=read_only)
         self._history = History(self._db)
         self._staging = Staging(self._db)
         self._reader_store = ContentStore(self.path / "data", self._db, writable=False)
+        self._tables = ColumnTables(
+            self._history.tree,
+            self._reader_store,
+            TableCache(
+                self.path / CACHE_DIR, writable=not self.read_only, limit=self._table_cache_bytes
+            ),
+        )
 
     def __repr__(self) -> str:
-        return f"<Repository {str(self.path)!r}>"
+        return f"<Repository {str(self.path)!r}{' read-only' if self.read_only else ''}>"
+
+    @property
+    def read_only(self) -> bool:
+        """Whether this handle refuses writes.
+
+        True when opened with ``read_only=True``, or when the process cannot
+        write the repository (a read-only mount, another user's files); every
+        write then raises :class:`~tensorcask.errors.ReadOnlyError` saying why.
+        """
+        return self._db.readonly
+
+    def _check_alive(self) -> None:
+        """Raise CaskError if the repository was removed or replaced since it was opened."""
+        self._db.check_identity()
+
+    def _require_writable(self, action: str) -> None:
+        """Raise ReadOnlyError (saying why and what to do) for a read-only handle."""
+        self._db.check_identity()
+        if self._db.readonly:
+            raise ReadOnlyError(
+                f"cannot {action}: the repository at {self.path} is read-only because "
+                f"{self._db.read_only_reason}"
+            )
 
     def close(self) -> None:
         """Release file handles. Idempotent."""
@@ -157,6 +268,7 @@ class Repository:
     @property
     def config(self) -> dict[str, Any]:
         """Repository settings (``user_name``, ``user_email``)."""
+        self._check_alive()
         with self._db.read() as txn:
             return dict(self._db.get_json(txn, "config") or {})
 
@@ -182,12 +294,13 @@ class Repository:
         checkout pinned to ``commit`` (any ref) or to ``branch``'s head now
         (default: the current branch).
         """
+        self._check_alive()
         if write:
             if commit is not None:
                 raise ValueError(
                     "a write checkout writes to a branch head; pass branch=, not commit="
                 )
-            return WriteCheckout(self, branch or self.current_branch)
+            return WriteCheckout(self, branch if branch is not None else self.current_branch)
         if commit is not None and branch is not None:
             raise ValueError("pass either branch= or commit=, not both")
         ref = commit if commit is not None else branch
@@ -208,12 +321,14 @@ class Repository:
     @property
     def current_branch(self) -> str:
         """The branch write checkouts use by default."""
+        self._check_alive()
         with self._db.read() as txn:
             return self._history.refs.current_branch(txn)
 
     @property
     def staged_branch(self) -> str | None:
         """The branch that has uncommitted staged changes, or None."""
+        self._check_alive()
         with self._db.read() as txn:
             state = self._staging.state(txn)
             if state is None or not self._staging.has_changes(txn):
@@ -223,12 +338,14 @@ class Repository:
     @property
     def branches(self) -> dict[str, CommitId]:
         """Branch name -> head commit id."""
+        self._check_alive()
         with self._db.read() as txn:
             return self._history.refs.listing(txn, HEADS)
 
     @property
     def tags(self) -> dict[str, CommitId]:
         """Tag name -> commit id."""
+        self._check_alive()
         with self._db.read() as txn:
             return self._history.refs.listing(txn, TAGS)
 
@@ -239,20 +356,47 @@ class Repository:
         return RefNotFoundError(f"no branch named {name!r} (branches: {known})")
 
     def resolve(self, ref: str) -> CommitId:
-        """Full commit id of a branch, tag, full id or unique prefix (>= 4 hex digits)."""
+        """Full commit id of a ref.
+
+        In this order: a full 40-hex id of an existing commit is always that
+        commit; else a branch of that name; else a tag; else a unique prefix
+        of 4 or more hex digits (case-insensitive). Branch and tag names may
+        not look like ids (see :meth:`create_branch`), so no name can hide a
+        commit.
+
+        Raises
+        ------
+        RefNotFoundError
+            If nothing matches.
+        AmbiguousRefError
+            If a prefix matches several commits.
+        """
+        self._check_alive()
         return self._history.resolve(ref)
 
     def create_branch(self, name: str, base: str | None = None) -> CommitId:
-        """Create branch ``name`` at ``base`` (any ref; default: the current branch head)."""
-        validate_name(name, "branch name")
+        """Create branch ``name`` at ``base`` (any ref; default: the current branch head).
+
+        ``name`` follows git's ref-name rules (``feature/x`` is fine; ``..``,
+        spaces, control characters, a leading ``-``, ``HEAD`` and more are
+        not) and may not be 4 to 40 hex digits; a malformed name raises
+        ``ValueError``. A name already used by a tag, or a branch ``a`` next
+        to ``a/b``, raises :class:`~tensorcask.errors.CaskError`.
+        """
+        self._require_writable("create a branch")
+        validate_ref_name(name, "branch name")
         target = self.resolve(base if base is not None else self.current_branch)
         with self._db.write() as txn:
-            if not self._history.refs.set_if_equals(txn, HEADS + name, None, target):
+            refs = self._history.refs
+            if refs.get(txn, HEADS + name) is not None:
                 raise CaskError(f"branch {name!r} already exists")
+            refs.check_new(txn, HEADS, name)
+            refs.set_if_equals(txn, HEADS + name, None, target)
         return target
 
     def delete_branch(self, name: str, *, force: bool = False) -> CommitId:
         """Delete branch ``name``; an unmerged branch needs ``force=True``."""
+        self._require_writable("delete a branch")
         with self._db.write() as txn:
             refs = self._history.refs
             head = refs.get(txn, HEADS + name)
@@ -275,18 +419,36 @@ class Repository:
         return head
 
     def create_tag(self, name: str, ref: str) -> CommitId:
-        """Create the immutable tag ``name`` for the commit ``ref`` names."""
-        validate_name(name, "tag name")
+        """Create the immutable tag ``name`` for the commit ``ref`` names.
+
+        ``name`` follows the rules of branch names (:meth:`create_branch`) and
+        may not be the name of a branch.
+        """
+        self._require_writable("create a tag")
+        validate_ref_name(name, "tag name")
         target = self.resolve(ref)
         with self._db.write() as txn:
-            if not self._history.refs.set_if_equals(txn, TAGS + name, None, target):
+            refs = self._history.refs
+            if refs.get(txn, TAGS + name) is not None:
                 raise CaskError(f"tag {name!r} already exists; tags are immutable")
+            refs.check_new(txn, TAGS, name)
+            refs.set_if_equals(txn, TAGS + name, None, target)
         return target
 
     # -- history ---------------------------------------------------------
 
     def log(self, ref: str | None = None, limit: int | None = None) -> list[CommitInfo]:
-        """Commits reachable from ``ref`` (default: the current branch), newest first."""
+        """Commits reachable from ``ref`` (default: the current branch), newest first.
+
+        ``limit`` (None: all) caps how many; it must be an int >= 0.
+        """
+        if limit is not None:
+            if not isinstance(limit, int | np.integer) or isinstance(limit, bool):
+                raise TypeError(f"limit must be None or an int >= 0, not {type(limit).__name__}")
+            if limit < 0:
+                raise ValueError(f"limit must be None or an int >= 0, not {limit}")
+            limit = int(limit)
+        self._check_alive()
         if ref is None:
             with self._db.read() as txn:
                 start = self._history.refs.get(txn, HEADS + self.current_branch)
@@ -300,6 +462,7 @@ class Repository:
         Per column: added, removed and changed keys; added and removed
         columns; schema changes. Costs O(size of the change).
         """
+        self._check_alive()
         history = self._history
         return diff_columns(
             history.tree, history.columns(self.resolve(a)), history.columns(self.resolve(b))
@@ -314,6 +477,11 @@ class Repository:
         listing every conflict, and nothing is written. Takes the writer lock;
         refused while ``into`` has staged changes.
         """
+        if message is not None:
+            if not isinstance(message, str):
+                raise TypeError(f"the merge message must be a str, not {type(message).__name__}")
+            utf8(message, "merge message")
+        self._require_writable("merge")
         with WriterLock(self.path / "writer.lock"):
             return self._merge_locked(source, into, message)
 
@@ -381,6 +549,7 @@ class Repository:
         """A human-readable report: path, disk use, head commit, columns."""
         from .report import render_summary
 
+        self._check_alive()
         return render_summary(self)
 
     def verify(
@@ -398,6 +567,7 @@ class Repository:
         report with problems unless ``raise_on_error=False``. ``progress``, if
         given, is called as ``progress(phase, count)`` while samples are checked.
         """
+        self._check_alive()
         return verify_repository(
             self, ref, full=full, raise_on_error=raise_on_error, progress=progress
         )
@@ -407,6 +577,7 @@ class Repository:
 
         Takes the writer lock for its duration. ``progress`` as for :meth:`verify`.
         """
+        self._require_writable("run gc")
         with WriterLock(self.path / "writer.lock"):
             return collect_garbage(self, progress)
 
@@ -416,39 +587,42 @@ class Repository:
         For a writer that is stuck or lives on another host. The old holder's
         later writes and commits fail with :class:`~tensorcask.errors.WriterLockError`.
         """
+        self._require_writable("release the writer lock")
         return force_release(self.path / "writer.lock")
 
-    def _column_table(self, root: ColumnRoot) -> ColumnTable | None:
-        """The resolved table of a committed column (memory, then disk, then built).
+    def _column_table(self, root: ColumnRoot) -> ColumnTable:
+        """The resolved table of a committed column (memory, then disk cache, then built)."""
+        return self._tables.get(root)
 
-        Tables are saved under ``cache/tables/<column root hash>``; a
-        repository the process may not write to just keeps them in memory.
+    @property
+    def table_cache_limit(self) -> int:
+        """Bytes the column-table cache under ``cache/`` may use.
+
+        Default: the size of the stored sample data, and at least 256 MiB.
+        Set it (any int >= 0) to store a fixed bound in the repository's
+        config; set ``None`` to return to the default.
         """
-        key = root.hash
-        cache = self._reader_store.tables
-        table = cache.get(key)
-        if table is not None:
-            return table  # type: ignore[return-value]
-        folder = self.path / "cache" / "tables" / key.hex()
-        table = None
-        if folder.is_dir():
-            try:
-                table = ColumnTable.load(folder, root.schema)
-            except (OSError, ValueError, KeyError):
-                shutil.rmtree(folder, ignore_errors=True)  # a damaged cache: rebuild it
-        if table is None:
-            table = ColumnTable.build(
-                self._history.tree, root.tree, self._reader_store, root.schema
-            )
-            if table is None:
-                return None
-            with contextlib.suppress(OSError):
-                folder.parent.mkdir(parents=True, exist_ok=True)
-                table.save(folder)
-        if len(cache) >= _TABLES_CACHED:
-            cache.clear()
-        cache[key] = table
-        return table
+        return self._table_cache_bytes()
+
+    @table_cache_limit.setter
+    def table_cache_limit(self, value: int | None) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise TypeError(f"table_cache_limit must be an int or None, not {type(value).__name__}")
+        if value is not None and value < 0:
+            raise ValueError(f"table_cache_limit must be >= 0, not {value}")
+        with self._db.write() as txn:
+            config = dict(self._db.get_json(txn, "config") or {})
+            if value is None:
+                config.pop("table_cache_limit", None)
+            else:
+                config["table_cache_limit"] = value
+            self._db.put_json(txn, "config", config)
+
+    def _table_cache_bytes(self) -> int:
+        configured = self.config.get("table_cache_limit")
+        if isinstance(configured, int):
+            return configured
+        return max(DEFAULT_TABLE_CACHE_BYTES, _tree_bytes(self.path / "data"))
 
     def disk_usage(self) -> int:
         """Bytes used by the repository directory."""
@@ -458,3 +632,13 @@ class Repository:
                 with contextlib.suppress(OSError):
                     total += os.stat(os.path.join(dirpath, f)).st_blocks * 512
         return total
+
+
+def _tree_bytes(root: Path) -> int:
+    """Bytes of the files below ``root``."""
+    total = 0
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.stat(os.path.join(dirpath, f)).st_size
+    return total

@@ -15,6 +15,7 @@ import numpy as np
 from .errors import SchemaError
 from .hashing import Digest, array_digest_prefix, blob_digest, canonical_array, canonical_dtype
 from .history.objects import ColumnSchema
+from .keys import utf8
 from .storage.base import Payload
 
 __all__ = ["Value", "from_payload", "prepare_batch", "prepare_one"]
@@ -79,7 +80,7 @@ def prepare_one(
     if schema.kind == "str":
         if not isinstance(value, str):
             raise SchemaError(f"{_where(column, key)} holds str values, not {type(value).__name__}")
-        raw = value.encode("utf-8")
+        raw = utf8(value, f"{_where(column, key)}: str value", SchemaError)
         return raw, blob_digest("str", raw)
     if isinstance(value, bytearray | memoryview):
         value = bytes(value)

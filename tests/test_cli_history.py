@@ -348,7 +348,8 @@ def test_branch_create(
     [
         (["branch", "dev"], "already exists"),
         (["branch", "new", "no-such-ref"], "no-such-ref"),
-        (["branch", "bad/name"], "bad/name"),
+        (["branch", "bad..name"], "bad..name"),
+        (["branch", "dev/x"], "folder of branches"),
         (["branch", "-d", "no-such-branch"], "no-such-branch"),
         (["branch", "-d", "main"], "current branch"),
         (["branch", "-D", "main"], "current branch"),
@@ -437,7 +438,8 @@ def test_tag(path: Path, forked: dict[str, str], capsys: pytest.CaptureFixture[s
         (["tag", "v1", "dev"], "already exists"),  # immutable, even to the same commit
         (["tag", "v1", "main"], "already exists"),
         (["tag", "v2", "no-such-ref"], "no-such-ref"),
-        (["tag", "bad/tag", "main"], "bad/tag"),
+        (["tag", "bad tag", "main"], "bad tag"),
+        (["tag", "dev", "main"], "taken by a branch"),
     ],
 )
 def test_tag_errors(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 import tensorcask as tc
 from tensorcask import columns as columns_module
+from tensorcask.table_cache import TableCacheWarning
 
 
 @pytest.fixture
@@ -116,9 +118,12 @@ def test_tables_persist_per_column_root_and_gc_drops_dead_ones(
     monkeypatch.setattr(columns_module, "_TABLE_MIN_READS", 1)
     monkeypatch.setattr(columns_module, "_TABLE_SHARE", 1 << 30)
 
-    (folders[0] / "locations.npy").write_bytes(b"garbage")  # a damaged cache is rebuilt
+    manifest = json.loads(folders[0].read_text())
+    piece = manifest["arrays"]["rows"]["pieces"][0]
+    damaged = repo.path / "cache" / "pieces" / piece[:2] / piece[2:]
+    damaged.write_bytes(b"garbage")  # a damaged cache is rebuilt, with a warning
     repo = tc.Repository(tmp_path / "r")
-    with repo.checkout(commit=cid) as rc:
+    with repo.checkout(commit=cid) as rc, pytest.warns(TableCacheWarning, match="checksum|size"):
         assert np.array_equal(rc["images"].get_many([4]), images[[2]])
     repo.create_branch("side", base=cid)
     with repo.checkout(write=True, branch="side") as co:

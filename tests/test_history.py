@@ -309,10 +309,10 @@ def test_resolve_branches_tags_ids_and_prefixes(repo):
         with pytest.raises(tc.RefNotFoundError) as info:
             repo.resolve(bad)
         assert isinstance(info.value, KeyError)
-    # a branch whose name looks like a prefix of another commit names the branch
-    repo.create_branch(second[:6], base=first)
-    assert repo.resolve(second[:6]) == first
-    assert repo.resolve(second[:7]) == second
+    # a name that looks like a commit prefix is refused: it would hide the commit
+    with pytest.raises(ValueError, match="hex digits"):
+        repo.create_branch(second[:6], base=first)
+    assert repo.resolve(second[:6]) == second
 
 
 def test_ambiguous_prefix(repo, monkeypatch):

@@ -224,7 +224,7 @@ def test_create_and_list_branches(repo):
     with pytest.raises(tc.RefNotFoundError):
         repo.create_branch("bad-base", base="nope")
     with pytest.raises(ValueError):
-        repo.create_branch("a/b")
+        repo.create_branch("a..b")
     assert "bad-base" not in repo.branches
 
 

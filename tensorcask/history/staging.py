@@ -22,6 +22,7 @@ from typing import Any, cast
 
 import lmdb
 
+from ..errors import CorruptionError
 from ..storage.db import MetaDB
 from .objects import ColumnSchema
 from .tree import Edit
@@ -84,7 +85,8 @@ class Staging:
 
     def get(self, txn: lmdb.Transaction, column: str, key: bytes) -> bytes | None:
         """The staged value of one key: a digest, ``DELETED``, or None if not staged."""
-        return self.db.get(txn, "staging", column.encode() + _SEP + key)
+        value = self.db.get(txn, "staging", column.encode() + _SEP + key)
+        return None if value is None else self._checked(value)
 
     def edits(self, txn: lmdb.Transaction, column: str) -> list[Edit]:
         """The column's staged edits, sorted by key (deletions as None)."""
@@ -109,9 +111,20 @@ class Staging:
             # a column's keys are contiguous: "name\0..." sorts below "name\1"
             j = bisect_left(rows, (name + b"\x01",), lo=i)
             n = len(name) + 1
-            out[name.decode()] = [(k[n:], v or None) for k, v in rows[i:j]]
+            out[name.decode()] = [(k[n:], self._checked(v) or None) for k, v in rows[i:j]]
             i = j
         return out
+
+    def _checked(self, value: bytes) -> bytes:
+        """A staged value: a 32-byte digest or ``DELETED`` (anything else is damage)."""
+        if len(value) not in (0, 32):
+            where = str(self.db.path / "data.mdb")
+            raise CorruptionError(
+                f"a staged record in {where} is damaged; reset the staging area "
+                "(co.reset_staging_area()) and write the changes again",
+                path=where,
+            )
+        return value
 
     def drop_column(self, txn: lmdb.Transaction, column: str) -> None:
         """Forget every staged record edit of ``column``."""

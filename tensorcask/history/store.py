@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import lmdb
 
 from ..errors import AmbiguousRefError, CorruptionError, RefNotFoundError
+from ..hashing import object_hash
 from ..storage.db import MetaDB
 from .objects import ColumnRoot, Commit, CommitId, RecordRoot, commit_id_of
 from .refs import HEADS, TAGS, Refs
@@ -21,7 +22,7 @@ from .tree import RecordTree
 
 __all__ = ["History"]
 
-_HEX = re.compile(r"^[0-9a-fA-F]{4,40}$")
+_HEX = re.compile(r"[0-9a-fA-F]{4,40}")
 
 
 class History:
@@ -36,21 +37,29 @@ class History:
     def _load_object(self, key: bytes) -> bytes:
         with self.db.read() as txn:
             data = self.db.get(txn, "objects", key)
-        if data is None:
-            raise CorruptionError(
-                f"history object {key.hex()} is missing from {self.db.path}; "
-                "the repository is damaged: run `tensorcask verify` and restore from a clone",
-                path=str(self.db.path),
-            )
-        return data
+        return self._checked(key, data)
 
     def _load_objects(self, keys: list[bytes]) -> list[bytes]:
         with self.db.read() as txn:
             found = [self.db.get(txn, "objects", key) for key in keys]
-        if any(data is None for data in found):
-            missing = next(k for k, d in zip(keys, found, strict=True) if d is None)
-            self._load_object(missing)  # raises the CorruptionError
-        return found  # type: ignore[return-value]
+        return [self._checked(key, data) for key, data in zip(keys, found, strict=True)]
+
+    def _checked(self, key: bytes, data: bytes | None) -> bytes:
+        """An object's bytes, once they hash to its name (nothing is decoded unchecked)."""
+        where = str(self.db.path / "data.mdb")
+        if data is None:
+            raise CorruptionError(
+                f"history object {key.hex()} is missing from {where}; the repository is "
+                "damaged: run `tensorcask verify` and restore from a clone",
+                path=where,
+            )
+        if object_hash(data) != key:
+            raise CorruptionError(
+                f"history object {key.hex()} in {where} fails its hash; the repository is "
+                "damaged: run `tensorcask verify` and restore from a clone",
+                path=where,
+            )
+        return data
 
     # -- objects ---------------------------------------------------------
 
@@ -64,13 +73,13 @@ class History:
                 raise RefNotFoundError(
                     f"commit {commit_id} does not exist in {self.db.path.parent}"
                 )
-            commit = Commit.from_bytes(data)
-            if commit_id_of(data) != commit_id:
+            if commit_id_of(data) != commit_id:  # checked before anything is decoded
                 raise CorruptionError(
-                    f"commit {commit_id} does not hash to its id; the repository at "
-                    f"{self.db.path.parent} is damaged",
-                    path=str(self.db.path),
+                    f"commit {commit_id} in {self.db.path / 'data.mdb'} does not hash to its id; "
+                    f"the repository at {self.db.path.parent} is damaged",
+                    path=str(self.db.path / "data.mdb"),
                 )
+            commit = Commit.from_bytes(data)
             self._commits[commit_id] = commit
         return commit
 
@@ -86,15 +95,27 @@ class History:
     # -- refs ------------------------------------------------------------
 
     def resolve(self, ref: str) -> CommitId:
-        """Full commit id of a branch, tag, full id or unique prefix (>= 4 hex)."""
+        """Full commit id of a full id, branch, tag or unique prefix (>= 4 hex), in that order.
+
+        A full 40-hex id of an existing commit always names that commit, so
+        no branch or tag can hide it (names that look like ids are refused
+        when refs are created; this keeps older repositories safe too). Then
+        a branch, then a tag, then a unique prefix of 4 or more hex digits
+        (case-insensitive).
+        """
         if not isinstance(ref, str) or not ref:
             raise RefNotFoundError(f"ref {ref!r} must be a non-empty string")
         with self.db.read() as txn:
+            is_hex = _HEX.fullmatch(ref) is not None
+            if is_hex and len(ref) == 40:
+                full = ref.lower()
+                if self.db.get(txn, "commits", bytes.fromhex(full)) is not None:
+                    return CommitId(full)
             for name in (HEADS + ref, TAGS + ref):
                 found = self.refs.get(txn, name)
                 if found is not None:
                     return found
-            if _HEX.match(ref):
+            if is_hex:
                 prefix = ref.lower()
                 matches = self._commits_with_prefix(txn, prefix)
                 if len(matches) == 1:

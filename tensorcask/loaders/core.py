@@ -1,10 +1,11 @@
 """The framework-free core of the loaders: which samples, in which order, read in batches.
 
 :class:`RepoSource` is what a dataset object carries into DataLoader workers:
-the repository path, the pinned commit id, the column names and the optional
-key list. It pickles as exactly those values and opens the repository lazily
-in the process that reads (again after a fork), so no handle ever crosses a
-process boundary.
+the repository path, the pinned commit id, the column names, the optional
+key list and whether the repository was opened read-only. It pickles as
+exactly those values and opens the repository lazily in the process that
+reads (again after a fork), so no handle ever crosses a process boundary. A
+repository this process cannot write opens read-only by itself.
 
 Its :class:`SampleIndex` fixes the samples of an epoch: by default the keys
 present in every named column, in sorted order, and for each column the
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CaskError, CorruptionError
+from ..errors import CaskError, CorruptionError, sample_error
 from ..history.objects import ColumnRoot, CommitId
 from ..keys import Key, decode_key, encode_keys
 from ..locations import ColumnTable
@@ -123,6 +124,7 @@ class RepoSource:
             raise ValueError("name at least one column")
         opened = repo if isinstance(repo, Repository) else Repository(repo)
         self.path = opened.path
+        self.read_only = opened.read_only
         self.columns = list(columns)
         self.keys = (
             None
@@ -147,6 +149,7 @@ class RepoSource:
             "columns": self.columns,
             "commit": self.commit,
             "keys": self.keys,
+            "read_only": self.read_only,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -154,6 +157,7 @@ class RepoSource:
         self.columns = state["columns"]
         self.commit = state["commit"]
         self.keys = state["keys"]
+        self.read_only = bool(state.get("read_only", False))
         self._opened = None
 
     def _attach(self, repo: Repository) -> None:
@@ -166,23 +170,15 @@ class RepoSource:
             )
         chosen = [roots[c] for c in self.columns]
         tables = []
-        for name, root in zip(self.columns, chosen, strict=True):
-            table = repo._column_table(root)
-            if table is None:
-                raise CorruptionError(
-                    f"column {name!r} of commit {self.commit[:12]} references content missing "
-                    f"from {repo.path}; run `tensorcask verify`",
-                    column=name,
-                    path=str(repo.path),
-                )
-            tables.append(table)
+        for root in chosen:
+            tables.append(repo._column_table(root))
         index = SampleIndex(self.columns, tables, self.keys)
         self._opened = (os.getpid(), repo, index, chosen)
 
     def _state(self) -> tuple[Repository, SampleIndex, list[ColumnRoot]]:
         opened = self._opened
         if opened is None or opened[0] != os.getpid():  # new process: open our own handles
-            self._attach(Repository(self.path))
+            self._attach(Repository(self.path, read_only=self.read_only))
             opened = self._opened
         assert opened is not None
         return opened[1], opened[2], opened[3]
@@ -225,6 +221,7 @@ class RepoSource:
                 return table.read_stacked(store, records)
             return [from_payload(root.schema, store.read(table.location(int(r)))) for r in records]
         except CorruptionError as exc:
+            repo._db.check_identity()  # a repository removed under us is not "damaged"
             raise self._damaged(store, name, table, records, root, exc) from exc
 
     def _damaged(
@@ -241,12 +238,5 @@ class RepoSource:
             try:
                 store.read(table.location(r))
             except CorruptionError as bad:
-                key = decode_key(table.key(r))
-                return CorruptionError(
-                    f"column {name!r}, key {key!r} of commit {self.commit[:12]}: stored bytes "
-                    f"in {bad.path} fail their checksum; restore the repository from a backup",
-                    column=name,
-                    key=key,
-                    path=bad.path,
-                )
+                return sample_error(bad, name, decode_key(table.key(r)), self.commit)
         return exc

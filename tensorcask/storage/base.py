@@ -165,6 +165,27 @@ class Backend(ABC):
         """Read equal-shape array payloads into one stacked, owned array."""
         return np.stack([np.asarray(v) for v in self.read_many(locations)])
 
+    def read_rows(
+        self,
+        segments: np.ndarray,
+        rows: np.ndarray,
+        checksums: np.ndarray,
+        dtype: str,
+        shape: tuple[int, ...],
+    ) -> np.ndarray:
+        """Like :meth:`read_stacked`, with locations given as arrays.
+
+        The batch read of readers that keep a column's locations as arrays;
+        backends with a vectorised gather override it.
+        """
+        locations = [
+            Location(self.name, int(seg), int(row), dtype, shape, int(check))
+            for seg, row, check in zip(segments, rows, checksums, strict=True)
+        ]
+        if not locations:
+            return np.empty((0, *shape), dtype)
+        return self.read_stacked(locations)
+
     @abstractmethod
     def sync(self) -> None:
         """Make everything appended so far durable (fsync)."""

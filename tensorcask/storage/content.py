@@ -21,7 +21,7 @@ from ..hashing import Digest
 from .backends import open_backend
 from .base import Backend, Location, Payload
 from .db import MetaDB
-from .index import ContentIndex
+from .index import ContentIndex, Found
 
 __all__ = ["ContentStore"]
 
@@ -48,8 +48,6 @@ class ContentStore:
         self._backends: dict[tuple[str, str | None], Backend] = {}
         self._owner: dict[tuple[str, int], Backend] = {}
         self._locations: dict[bytes, Location] = {}
-        self.tables: dict[bytes, object] = {}
-        """Column tables by column root hash, shared by the read checkouts of a repository."""
         self.index = ContentIndex(db, self.data_dir.parent / "index")
 
     def backend(self, name: str, compression: str | None = None) -> Backend:
@@ -57,6 +55,8 @@ class ContentStore:
         key = (name, compression)
         backend = self._backends.get(key)
         if backend is None:
+            # Never open the files of a repository re-created at our path.
+            self.db.check_identity()
             options = {"compression": compression} if compression else {}
             backend = open_backend(name, self.data_dir / name, writable=self.writable, **options)
             self._backends[key] = backend
@@ -65,9 +65,14 @@ class ContentStore:
     # -- writing ---------------------------------------------------------
 
     def missing(self, txn: lmdb.Transaction, digests: Sequence[bytes]) -> list[int]:
-        """Indexes of the first occurrence of each digest not stored yet."""
-        found = self.index.lookup(txn, list(dict.fromkeys(digests)))
-        stored = {d for d, loc in zip(dict.fromkeys(digests), found, strict=True) if loc}
+        """Indexes of the first occurrence of each digest not stored yet.
+
+        A digest whose index entry is damaged counts as missing: storing it
+        again repairs the entry.
+        """
+        unique = list(dict.fromkeys(digests))
+        found = self.index.lookup(txn, unique)
+        stored = {d for d, loc in zip(unique, found, strict=True) if isinstance(loc, bytes)}
         first: dict[bytes, int] = {}
         for i, digest in enumerate(digests):
             if digest not in stored:
@@ -116,32 +121,43 @@ class ContentStore:
     # -- reading ---------------------------------------------------------
 
     def locate(self, digest: bytes) -> Location | None:
-        """Where ``digest`` is stored, or None."""
+        """Where ``digest`` is stored, or None if it is not.
+
+        Raises :class:`~tensorcask.errors.CorruptionError` naming the index
+        file when the entry is damaged, or when the digest is absent and a
+        run of the index is damaged (which may be why).
+        """
         loc = self._locations.get(digest)
         if loc is None:
-            with self.db.read() as txn:
-                raw = self.index.lookup(txn, (digest,))[0]
-            if raw is None:
-                return None
-            loc = self._remember(digest, raw)
+            return self.locate_many([digest])[0]
         return loc
 
     def locate_many(self, digests: Sequence[bytes]) -> list[Location | None]:
-        """Locations of several digests (one snapshot for the uncached ones)."""
+        """Locations of several digests (one snapshot for the uncached ones); see :meth:`locate`."""
         cache = self._locations
         out = [cache.get(d) for d in digests]
         todo = [d for d, loc in zip(digests, out, strict=True) if loc is None]
         if todo:
-            with self.db.read() as txn:
-                found = self.index.lookup(txn, todo)
+            found = self.lookup_raw(todo)
+            absent = False
             for digest, raw in zip(todo, found, strict=True):
-                if raw is not None:
+                if isinstance(raw, CorruptionError):
+                    raise raw
+                if raw is None:
+                    absent = True
+                else:
                     self._remember(digest, raw)
+            if absent:
+                with self.db.read() as txn:
+                    damage = self.index.damaged_run(txn)
+                if damage is not None:
+                    raise damage
             out = [cache.get(d) for d in digests]
         return out
 
-    def lookup_raw(self, digests: Sequence[bytes]) -> list[bytes | None]:
-        """Encoded locations of many digests, in one snapshot (for bulk readers)."""
+    def lookup_raw(self, digests: Sequence[bytes]) -> list[Found]:
+        """Checked, encoded locations of many digests in one snapshot (for bulk
+        readers): each an encoded location, the error of a damaged entry, or None."""
         with self.db.read() as txn:
             return self.index.lookup(txn, digests)
 
@@ -151,19 +167,43 @@ class ContentStore:
         loc = self._locations[digest] = Location.from_bytes(raw)
         return loc
 
+    def read_rows(
+        self,
+        segments: np.ndarray,
+        rows: np.ndarray,
+        checksums: np.ndarray,
+        dtype: str,
+        shape: tuple[int, ...],
+    ) -> np.ndarray:
+        """Rows of memmap segments as one fresh array, checksums verified
+        (the batch read of column tables)."""
+        try:
+            return self.backend("memmap").read_rows(segments, rows, checksums, dtype, shape)
+        except CorruptionError:
+            self.db.check_identity()
+            raise
+
     def _reader(self, loc: Location) -> Backend:
         owner = self._owner.get((loc.backend, loc.segment))
         return owner if owner is not None else self.backend(loc.backend)
 
     def read(self, loc: Location) -> Payload:
         """Read one payload (checksum verified)."""
-        return self._reader(loc).read(loc)
+        try:
+            return self._reader(loc).read(loc)
+        except CorruptionError:
+            self.db.check_identity()  # a removed repository: say so, not "damaged"
+            raise
 
     def read_stacked(self, locs: Sequence[Location]) -> np.ndarray:
         """Read equal-shape payloads into one stacked array (checksums verified)."""
         first = locs[0]
         if all(loc.backend == first.backend for loc in locs) and not self._owner:
-            return self.backend(first.backend).read_stacked(locs)
+            try:
+                return self.backend(first.backend).read_stacked(locs)
+            except CorruptionError:
+                self.db.check_identity()
+                raise
         return np.stack([np.asarray(self.read(loc)) for loc in locs])
 
     def path_of(self, loc: Location) -> str:

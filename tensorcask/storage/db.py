@@ -17,6 +17,21 @@ Tables (LMDB named databases):
 
 Every publication (staged records, a commit with its pages and ref move) is
 one write transaction, which LMDB makes atomic and durable (``sync=True``).
+
+A handle remembers the identity (device, inode) of the ``data.mdb`` it opened.
+Every write transaction, and every repository-level call through
+:meth:`MetaDB.check_identity`, compares it with the file now at the path: a
+repository removed or replaced after it was opened raises :class:`CaskError`
+instead of writing into deleted files.
+
+A read-only handle refuses write transactions. Its environment is opened with
+LMDB's ``readonly=True`` when this process cannot write ``data.mdb``, and then
+with ``lock=False`` when ``lock.mdb`` cannot be written either: such a handle
+takes no slot in LMDB's reader table, so it does not coordinate with a
+concurrent writer (fine for read-only media, where there is none). A read-only
+handle on files the process can write shares the normal environment (with its
+lock): one environment per file serves every handle of a process, and a
+writable handle may join it later.
 """
 
 from __future__ import annotations
@@ -28,61 +43,128 @@ from pathlib import Path
 from typing import Any
 
 import lmdb
+from xxhash import xxh3_64_intdigest
 
-__all__ = ["TABLES", "MetaDB"]
+from ..errors import CaskError, CorruptionError, ReadOnlyError
+
+__all__ = ["TABLES", "Identity", "MetaDB", "identity_of", "lock_writable"]
+
+Identity = tuple[int, int]
+"""``(st_dev, st_ino)`` of a file."""
 
 TABLES = ("content", "objects", "commits", "refs", "staging", "meta")
 _MAP_SIZE = 1 << 40  # address space only: LMDB files are sparse
 
 
-_OPEN: dict[tuple[int, str], tuple[lmdb.Environment, int]] = {}
+_OPEN: dict[tuple[int, int, int], _Shared] = {}
 _OPEN_LOCK = threading.Lock()
 
 
-def _acquire_env(path: Path, create: bool) -> lmdb.Environment:
-    """The process's environment for ``path`` (LMDB allows one per process)."""
-    key = (os.getpid(), str(path.resolve()))
+class _Shared:
+    """One process's environment for one metadata file, and its users."""
+
+    __slots__ = ("env", "identity", "readonly", "users")
+
+    def __init__(self, env: lmdb.Environment, identity: Identity, readonly: bool) -> None:
+        self.env = env
+        self.identity = identity
+        self.readonly = readonly
+        self.users = 0
+
+
+def identity_of(path: Path) -> Identity | None:
+    """``(st_dev, st_ino)`` of the environment's data file, or None if it is missing."""
+    try:
+        st = os.stat(path / "data.mdb")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _writable(path: str | Path) -> bool:
+    return os.access(path, os.W_OK, effective_ids=os.access in os.supports_effective_ids)
+
+
+def lock_writable(path: Path) -> bool:
+    """Whether a read-only environment at ``path`` can still use LMDB's lock file.
+
+    LMDB registers every reader in ``lock.mdb``; when that file cannot be
+    written (a read-only mount, another user's repository) the environment
+    must be opened with ``lock=False`` instead.
+    """
+    lock = path / "lock.mdb"
+    if os.path.exists(lock):
+        return _writable(lock)
+    return False  # creating it would write into a repository opened read-only
+
+
+def _acquire_env(path: Path, create: bool, readonly: bool) -> _Shared:
+    """The process's environment for the metadata file at ``path``.
+
+    LMDB allows one environment per file and process, so handles share it.
+    The registry is keyed by the file's identity, not its path: a repository
+    removed and re-created at the same path is a new file, opened afresh.
+    """
+    pid = os.getpid()
     with _OPEN_LOCK:
-        for inherited in [k for k in _OPEN if k[0] != key[0]]:
+        for inherited in [k for k in _OPEN if k[0] != pid]:
             # A forked child cannot use its parent's environments, and py-lmdb
-            # refuses to reopen a path they hold. Closing them here is safe: the
+            # refuses to reopen files they hold. Closing them here is safe: the
             # parent's fcntl locks are not inherited and no transaction of ours
             # spans a fork.
-            _OPEN.pop(inherited)[0].close()
-        found = _OPEN.get(key)
-        if found is not None:
-            _OPEN[key] = (found[0], found[1] + 1)
-            return found[0]
-        env = _open_env(path, create)
-        _OPEN[key] = (env, 1)
-        return env
+            _OPEN.pop(inherited).env.close()
+        before = identity_of(path)
+        if before is None and not create:
+            raise CorruptionError(
+                f"{path / 'data.mdb'} is missing: the repository at {path.parent} is incomplete, "
+                "or was removed while being opened",
+                path=str(path / "data.mdb"),
+            )
+        found = None if before is None else _OPEN.get((pid, *before))
+        if found is None:
+            env = _open_env(path, create, readonly)
+            after = identity_of(path)
+            if after is None or (before is not None and after != before):
+                env.close()
+                raise CaskError(
+                    f"the repository at {path.parent} was removed or replaced while it was "
+                    "being opened; open it again"
+                )
+            found = _OPEN[(pid, *after)] = _Shared(env, after, readonly)
+        found.users += 1
+        return found
 
 
-def _release_env(path: Path, env: lmdb.Environment) -> None:
-    key = (os.getpid(), str(path.resolve()))
+def _release_env(shared: _Shared) -> None:
+    key = (os.getpid(), *shared.identity)
     with _OPEN_LOCK:
-        found = _OPEN.get(key)
-        if found is None or found[0] is not env:
-            return
-        if found[1] > 1:
-            _OPEN[key] = (env, found[1] - 1)
-        else:
+        shared.users -= 1
+        if shared.users <= 0 and _OPEN.get(key) is shared:
             del _OPEN[key]
-            env.close()
+            shared.env.close()
 
 
-def _open_env(path: Path, create: bool) -> lmdb.Environment:
-    return lmdb.open(
-        str(path),
-        map_size=_MAP_SIZE,
-        max_dbs=len(TABLES) + 2,
-        subdir=True,
-        create=create,
-        sync=True,
-        metasync=True,
-        readahead=False,
-        max_readers=1024,
-    )
+def _open_env(path: Path, create: bool, readonly: bool) -> lmdb.Environment:
+    options: dict[str, Any] = {
+        "map_size": _MAP_SIZE,
+        "max_dbs": len(TABLES) + 2,
+        "subdir": True,
+        "create": create,
+        "sync": True,
+        "metasync": True,
+        "readahead": False,
+        "max_readers": 1024,
+    }
+    if not readonly:
+        return lmdb.open(str(path), **options)
+    lock = lock_writable(path)
+    try:
+        return lmdb.open(str(path), readonly=True, lock=lock, **options)
+    except lmdb.ReadonlyError:
+        if not lock:
+            raise
+    # lock.mdb looked writable but is not (NFS root squash, ACLs): go without.
+    return lmdb.open(str(path), readonly=True, lock=False, **options)
 
 
 class MetaDB:
@@ -94,19 +176,67 @@ class MetaDB:
         Directory of the LMDB environment.
     create:
         Create the environment if missing (only ``init`` does).
+    readonly:
+        Make this handle read-only: :meth:`write` raises
+        :class:`~tensorcask.errors.ReadOnlyError`. The environment itself is
+        opened with LMDB's ``readonly=True`` only when this process cannot
+        write ``data.mdb``; a process that already has the file open shares
+        that environment whatever its mode.
+
+    Attributes
+    ----------
+    readonly:
+        Whether this handle refuses writes (asked for, or its environment is
+        read-only).
+    read_only_reason:
+        Why, for the :class:`~tensorcask.errors.ReadOnlyError` message.
+    identity:
+        ``(st_dev, st_ino)`` of the ``data.mdb`` this handle opened.
     """
 
-    def __init__(self, path: Path, *, create: bool = False) -> None:
+    def __init__(self, path: Path, *, create: bool = False, readonly: bool = False) -> None:
         self.path = Path(path)
+        self._data_file = str(self.path / "data.mdb")
         self._closed = False
-        self.env = _acquire_env(self.path, create)
-        self.tables = {name: self.env.open_db(name.encode(), create=create) for name in TABLES}
+        lock = self.path / "lock.mdb"
+        env_readonly = readonly and not (
+            _writable(self._data_file) and _writable(lock if lock.exists() else self.path)
+        )
+        self._shared = _acquire_env(self.path, create, env_readonly)
+        self.env = self._shared.env
+        self.identity: Identity = self._shared.identity
+        self.readonly: bool = readonly or self._shared.readonly
+        self.read_only_reason = f"{self.path} is not writable by this process"
+        try:
+            self.tables = {name: self.env.open_db(name.encode(), create=create) for name in TABLES}
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         """Release this handle; the environment closes with its last handle. Idempotent."""
         if not self._closed:
             self._closed = True
-            _release_env(self.path, self.env)
+            _release_env(self._shared)
+
+    def check_identity(self) -> None:
+        """Make sure the repository on disk is still the one this handle opened.
+
+        One ``os.stat``. Raises :class:`~tensorcask.errors.CaskError` when
+        ``data.mdb`` was removed or replaced (e.g. the directory was deleted
+        and a new repository created at the same path) since it was opened.
+        """
+        try:
+            st = os.stat(self._data_file)
+            now: Identity | None = (st.st_dev, st.st_ino)
+        except (FileNotFoundError, NotADirectoryError):
+            now = None
+        if now != self.identity:
+            raise CaskError(
+                f"the repository at {self.path.parent} was removed or replaced after it was "
+                "opened; open it again (tensorcask.Repository(path)) to use the repository "
+                "now at that path"
+            )
 
     def read(self) -> lmdb.Transaction:
         """A read-only snapshot transaction (use it as a context manager)."""
@@ -114,7 +244,18 @@ class MetaDB:
 
     def write(self) -> lmdb.Transaction:
         """A write transaction: as a context manager, committed (and fsynced) on
-        success, aborted on error."""
+        success, aborted on error.
+
+        Raises :class:`~tensorcask.errors.ReadOnlyError` for a read-only
+        environment and :class:`~tensorcask.errors.CaskError` when the
+        repository was removed or replaced since this handle opened it.
+        """
+        if self.readonly:
+            raise ReadOnlyError(
+                f"cannot write to the repository at {self.path.parent}: it is open read-only "
+                f"because {self.read_only_reason}"
+            )
+        self.check_identity()
         return self.env.begin(write=True)
 
     def get(self, txn: lmdb.Transaction, table: str, key: bytes) -> bytes | None:
@@ -135,13 +276,38 @@ class MetaDB:
         return txn.cursor(db=self.tables[table])
 
     def get_json(self, txn: lmdb.Transaction, key: str) -> Any:
-        """A JSON document from the ``meta`` table, or None."""
+        """A JSON document from the ``meta`` table (checked), or None."""
         raw = self.get(txn, "meta", key.encode())
-        return None if raw is None else json.loads(raw)
+        return None if raw is None else self.decode_json(raw, key)
 
     def put_json(self, txn: lmdb.Transaction, key: str, value: Any) -> None:
-        """Store a JSON document in the ``meta`` table."""
-        self.put(txn, "meta", key.encode(), json.dumps(value, sort_keys=True).encode())
+        """Store a JSON document in the ``meta`` table, sealed with a checksum."""
+        self.put(txn, "meta", key.encode(), _seal_json(value))
+
+    def decode_json(self, raw: bytes, key: str) -> Any:
+        """A stored ``meta`` document: checked against its seal, then parsed.
+
+        Documents written before sealing (plain JSON) are parsed as they are.
+        Damage raises :class:`~tensorcask.errors.CorruptionError` naming the
+        document and the file.
+        """
+        body = raw
+        if raw[:4] == _JSON_MAGIC:
+            body = raw[12:]
+            if len(raw) < 12 or xxh3_64_intdigest(body) != int.from_bytes(raw[4:12], "little"):
+                raise self._damaged_json(key, "fails its checksum")
+        try:
+            return json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise self._damaged_json(key, "is not readable") from None
+
+    def _damaged_json(self, key: str, why: str) -> CorruptionError:
+        where = str(self.path / "data.mdb")
+        return CorruptionError(
+            f"the {key!r} document of the metadata in {where} {why}; the repository is "
+            "damaged: restore it from a clone or backup",
+            path=where,
+        )
 
     def drop(self, txn: lmdb.Transaction, table: str) -> None:
         """Empty a table in one step."""
@@ -151,3 +317,11 @@ class MetaDB:
         """Bytes used by the environment's data file."""
         data = self.path / "data.mdb"
         return data.stat().st_size if data.exists() else 0
+
+
+_JSON_MAGIC = b"TCJ1"
+
+
+def _seal_json(value: Any) -> bytes:
+    body = json.dumps(value, sort_keys=True).encode()
+    return _JSON_MAGIC + xxh3_64_intdigest(body).to_bytes(8, "little") + body

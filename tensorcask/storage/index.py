@@ -19,17 +19,31 @@ deletes. A reader resolves recent entries and the run list in one snapshot.
 
 Run file layout (little-endian)::
 
-    b"TCIX0001" | count u64 | blob bytes u64
+    b"TCIX0002" | count u64 | blob bytes u64 | body check u64 | blob check u64 | header check u64
     prefixes  count x u64   first 8 digest bytes as a big-endian integer (sort key)
     digests   count x 32 bytes
     offsets   (count + 1) x u64 into the blob
-    blob      concatenated encoded locations
+    blob      concatenated sealed entries
+
+Nothing read from the index is decoded unchecked. Every entry, in the recent
+table and in runs, is *sealed*: the encoded location with its version byte
+set to 2 and a 4-byte check over the digest and the entry appended, so a
+damaged entry is a :class:`~tensorcask.errors.CorruptionError` naming the file
+it is in, confined to that one digest. A run's header carries its own check;
+the body check (over prefixes, digests and offsets) is verified when a
+committed digest cannot be found and by ``verify``, to tell a damaged run from
+missing content. Large lookups (resolving a whole column) check a run's body
+and blob once, wholesale, instead of each entry; where that fails they fall
+back to checking each entry, so damage stays confined to its entries. Runs
+of the first layout (``TCIX0001``) and unsealed entries (version 1) written
+before sealing are still read; an unsealed entry is
+accepted only if it decodes to a known backend and re-encodes to the same
+bytes. Merging rewrites both in the current form.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import struct
 import uuid
@@ -39,16 +53,64 @@ from typing import cast
 
 import lmdb
 import numpy as np
+from xxhash import xxh3_64_intdigest
 
 from ..errors import CorruptionError
+from .base import Location
 from .db import MetaDB
 
-__all__ = ["FANOUT", "RECENT_LIMIT", "ContentIndex"]
+__all__ = ["FANOUT", "RECENT_LIMIT", "ContentIndex", "Found", "seal", "unseal"]
 
 RECENT_LIMIT = 1 << 16
 FANOUT = 4
-_MAGIC = b"TCIX0001"
-_HEAD = struct.Struct("<8sQQ")
+_MAGIC_V1 = b"TCIX0001"
+_MAGIC = b"TCIX0002"
+_HEAD_V1 = struct.Struct("<8sQQ")
+_HEAD = struct.Struct("<8sQQQQQ")
+_BULK = 1024  # lookups at least this large check a run's entries wholesale
+_SEALED = 2
+_CHECK_BYTES = 4
+
+Found = bytes | CorruptionError | None
+"""A lookup result: an encoded location, the error of a damaged entry, or None (absent)."""
+
+
+def seal(digest: bytes, location: bytes) -> bytes:
+    """The stored form of an index entry: version 2 and a check over digest and entry."""
+    body = bytes((_SEALED,)) + location[1:]
+    check = xxh3_64_intdigest(digest + body) & 0xFFFFFFFF
+    return body + check.to_bytes(_CHECK_BYTES, "little")
+
+
+def unseal(digest: bytes, value: bytes, where: str) -> bytes | CorruptionError:
+    """The encoded location of a stored entry, or the error naming its damage."""
+    if len(value) > _CHECK_BYTES + 1 and value[0] == _SEALED:
+        body = value[:-_CHECK_BYTES]
+        check = int.from_bytes(value[-_CHECK_BYTES:], "little")
+        if xxh3_64_intdigest(digest + body) & 0xFFFFFFFF == check:
+            return b"\x01" + body[1:]
+    elif value[:1] == b"\x01" and _plausible_legacy(value):
+        return value
+    return damaged_entry(digest, where)
+
+
+def _plausible_legacy(value: bytes) -> bool:
+    from .backends import BACKENDS  # the registry imports every backend: only needed here
+
+    try:
+        loc = Location.from_bytes(value)
+    except (ValueError, struct.error, UnicodeDecodeError):
+        return False
+    return loc.backend in BACKENDS and loc.to_bytes() == value
+
+
+def damaged_entry(digest: bytes, where: str) -> CorruptionError:
+    """The error for an index entry that fails its check."""
+    return CorruptionError(
+        f"the content index entry of content {digest.hex()[:16]} in {where} fails its "
+        "checksum; the index is damaged: restore the repository from a clone or backup",
+        path=where,
+    )
 
 
 def _prefixes(digests: np.ndarray) -> np.ndarray:
@@ -61,12 +123,29 @@ class Run:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.where = str(path)
         # a plain ndarray view indexes faster than np.memmap and keeps the map alive
         raw = np.memmap(path, dtype=np.uint8, mode="r").view(np.ndarray)
-        magic, count, blob = _HEAD.unpack_from(raw[: _HEAD.size].tobytes())
-        if magic != _MAGIC or raw.size != _HEAD.size + count * 48 + 8 + blob:
-            raise CorruptionError(f"content index run {path} is damaged", path=str(path))
-        pos = _HEAD.size
+        self._raw = raw
+        head = raw[: _HEAD.size].tobytes()
+        self._body_check: int | None = None
+        if head[:8] == _MAGIC and len(head) == _HEAD.size:
+            _, count, blob, body_check, blob_check, head_check = _HEAD.unpack(head)
+            if xxh3_64_intdigest(head[:40]) != head_check:
+                raise self.damaged("its header fails its checksum")
+            self._body_check = body_check
+            pos = _HEAD.size
+        elif head[:8] == _MAGIC_V1 and len(head) >= _HEAD_V1.size:
+            _, count, blob = _HEAD_V1.unpack_from(head)
+            pos = _HEAD_V1.size
+        else:
+            raise self.damaged("it does not start like a run file")
+        if raw.size != pos + count * 48 + 8 + blob:
+            raise self.damaged("its size does not match its header")
+        self._body = (pos, pos + count * 48 + 8)  # prefixes, digests, offsets
+        self._checked = self._body_check is None
+        self._blob_check: int | None = blob_check if self._body_check is not None else None
+        self._blob_sound: bool | None = None
         self.count = count
         self.prefixes = raw[pos : pos + 8 * count].view("<u8")
         pos += 8 * count
@@ -75,9 +154,53 @@ class Run:
         self.offsets = raw[pos : pos + 8 * (count + 1)].view("<u8")
         self.blob = raw[pos + 8 * (count + 1) :]
 
-    def location(self, i: int) -> bytes:
-        """Encoded location of entry ``i``."""
-        return self.blob[int(self.offsets[i]) : int(self.offsets[i + 1])].tobytes()
+    def damaged(self, why: str) -> CorruptionError:
+        """The error naming this run file as damaged."""
+        return CorruptionError(
+            f"content index run {self.where} is damaged ({why}); restore the repository "
+            "from a clone or backup",
+            path=self.where,
+        )
+
+    def check(self) -> CorruptionError | None:
+        """Verify the body check (prefixes, digests, offsets) once; the error if it fails."""
+        if not self._checked:
+            start, end = self._body
+            if xxh3_64_intdigest(self._raw[start:end].data) != self._body_check:
+                return self.damaged("its digests or offsets fail their checksum")
+            self._checked = True
+        return None
+
+    def entries_sound(self) -> bool:
+        """Whether the whole blob of sealed entries matches its check (computed once).
+
+        Large lookups then take entries without checking each: the run's body
+        and blob checks cover them all. False for runs of the first layout.
+        """
+        if self._blob_sound is None:
+            self._blob_sound = (
+                self._blob_check is not None
+                and self.check() is None
+                and xxh3_64_intdigest(self.blob.data) == self._blob_check
+            )
+        return self._blob_sound
+
+    def check_order(self) -> CorruptionError | None:
+        """Whether the sort keys are sorted and agree with the digests (legacy runs
+        carry no body check; this catches most damage to them)."""
+        if self.count and (
+            (self.prefixes[1:] < self.prefixes[:-1]).any()
+            or not np.array_equal(self.prefixes, _prefixes(self.digests))
+            or (self.offsets[1:] < self.offsets[:-1]).any()
+            or int(self.offsets[-1]) != len(self.blob)
+        ):
+            return self.damaged("its sort keys, digests or offsets disagree")
+        return None
+
+    def location(self, i: int) -> bytes | CorruptionError:
+        """Encoded location of entry ``i`` (checked), or the error naming its damage."""
+        raw = self.blob[int(self.offsets[i]) : int(self.offsets[i + 1])].tobytes()
+        return unseal(self.digests[i].tobytes(), raw, self.where)
 
     def find(self, queries: np.ndarray, prefixes: np.ndarray) -> np.ndarray:
         """Entry index of each query digest, or -1."""
@@ -100,16 +223,35 @@ class Run:
                 p += 1
         return out
 
-    def locations(self, indexes: np.ndarray) -> list[bytes]:
-        """Encoded locations of many entries (vectorised when they are equally long)."""
-        starts = self.offsets[indexes].astype(np.intp)
-        lengths = self.offsets[indexes + 1].astype(np.intp) - starts
+    def locations(self, indexes: np.ndarray) -> list[bytes | CorruptionError]:
+        """Checked locations of many entries (gathered at once when equally long)."""
         if not len(indexes):
             return []
+        starts = self.offsets[indexes].astype(np.int64)
+        ends = self.offsets[indexes + 1].astype(np.int64)
+        lengths = ends - starts
         width = int(lengths[0])
-        if (lengths == width).all():
-            gathered = self.blob[starts[:, None] + np.arange(width)].tobytes()
-            return [gathered[i : i + width] for i in range(0, len(gathered), width)]
+        if (lengths == width).all() and width > 0 and int(ends.max()) <= len(self.blob):
+            matrix = self.blob[starts[:, None] + np.arange(width)]
+            if (
+                len(indexes) >= _BULK
+                and width > _CHECK_BYTES + 1
+                and (matrix[:, 0] == _SEALED).all()
+                and self.entries_sound()
+            ):
+                matrix[:, 0] = 1  # unsealed form: version 1, check dropped
+                plain = matrix[:, : width - _CHECK_BYTES].tobytes()
+                size = width - _CHECK_BYTES
+                return [plain[i : i + size] for i in range(0, len(plain), size)]
+            gathered = matrix.tobytes()
+            digests = self.digests[indexes].tobytes()
+            where = self.where
+            return [
+                unseal(
+                    digests[i * 32 : i * 32 + 32], gathered[i * width : i * width + width], where
+                )
+                for i in range(len(indexes))
+            ]
         return [self.location(int(i)) for i in indexes]
 
     def find_one(self, digest: bytes) -> int:
@@ -123,28 +265,42 @@ class Run:
         return -1
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
-        """Every ``(digest, encoded location)``."""
+        """Every ``(digest, stored entry)`` as stored (for merging runs)."""
+        damage = self.check()
+        if damage is not None:
+            raise damage
         for i in range(self.count):
-            yield self.digests[i].tobytes(), self.location(i)
+            yield (
+                self.digests[i].tobytes(),
+                self.blob[int(self.offsets[i]) : int(self.offsets[i + 1])].tobytes(),
+            )
 
 
 def write_run(directory: Path, entries: Sequence[tuple[bytes, bytes]]) -> str:
-    """Write sorted-or-not entries as a new run file (fsynced); return its name."""
+    """Write stored entries (sorted or not) as a new run file (fsynced); return its name.
+
+    Unsealed entries of older repositories are sealed on the way.
+    """
     digests = np.frombuffer(b"".join(d for d, _ in entries), np.uint8).reshape(-1, 32)
     prefixes = _prefixes(digests)
     order = np.argsort(prefixes, kind="stable")
-    locs = [entries[i][1] for i in order.tolist()]
+    locs = []
+    for i in order.tolist():
+        digest, value = entries[i]
+        locs.append(value if value[:1] != b"\x01" else seal(digest, value))
     offsets = np.zeros(len(locs) + 1, "<u8")
     np.cumsum([len(b) for b in locs], out=offsets[1:])
     blob = b"".join(locs)
+    body = prefixes[order].tobytes() + digests[order].tobytes() + offsets.tobytes()
+    head = struct.pack(
+        "<8sQQQQ", _MAGIC, len(locs), len(blob), xxh3_64_intdigest(body), xxh3_64_intdigest(blob)
+    )
     name = f"{uuid.uuid4().hex}.run"
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / name
     with open(path, "xb") as f:
-        f.write(_HEAD.pack(_MAGIC, len(locs), len(blob)))
-        f.write(prefixes[order].tobytes())
-        f.write(digests[order].tobytes())
-        f.write(offsets.tobytes())
+        f.write(head + xxh3_64_intdigest(head).to_bytes(8, "little"))
+        f.write(body)
         f.write(blob)
         f.flush()
         os.fsync(f.fileno())
@@ -173,6 +329,7 @@ class ContentIndex:
         self._runs: dict[str, Run] = {}
         self._listing: tuple[bytes, list[dict[str, int | str]]] = (b"", [])
         self._listed_runs: tuple[bytes, list[Run]] = (b"", [])
+        self._run_errors: list[CorruptionError] = []
 
     # -- reading ---------------------------------------------------------
 
@@ -180,7 +337,7 @@ class ContentIndex:
         """The listed runs, youngest tier first: ``{"name", "tier", "count"}``."""
         raw = self.db.get(txn, "meta", b"runs") or b"[]"
         if raw != self._listing[0]:
-            self._listing = (raw, json.loads(raw))
+            self._listing = (raw, self.db.decode_json(raw, "runs"))
         return list(self._listing[1])
 
     def _run(self, name: str) -> Run:
@@ -195,60 +352,133 @@ class ContentIndex:
         self._listed_runs = (b"", [])
 
     def runs(self, txn: lmdb.Transaction) -> list[Run]:
-        """The listed runs of this snapshot, opened, youngest tier first."""
+        """The listed runs of this snapshot, opened (a damaged one raises)."""
+        runs, broken = self._opened_runs(txn)
+        if broken:
+            raise broken[0]
+        return runs
+
+    def _opened_runs(self, txn: lmdb.Transaction) -> tuple[list[Run], list[CorruptionError]]:
+        """The listed runs that open, and the errors of those that do not."""
         raw = self.db.get(txn, "meta", b"runs") or b"[]"
         if raw != self._listed_runs[0]:
-            self._listed_runs = (raw, [self._run(str(e["name"])) for e in json.loads(raw)])
-        return self._listed_runs[1]
+            runs, errors = [], []
+            for entry in self.db.decode_json(raw, "runs"):
+                try:
+                    runs.append(self._run(str(entry["name"])))
+                except (CorruptionError, OSError, ValueError) as exc:
+                    errors.append(_run_error(self.directory / str(entry["name"]), exc))
+            self._listed_runs = (raw, runs)
+            self._run_errors = errors
+        return self._listed_runs[1], self._run_errors
 
-    def lookup(self, txn: lmdb.Transaction, digests: Sequence[bytes]) -> list[bytes | None]:
-        """Encoded location of each digest (None where absent), in one snapshot."""
+    def lookup(self, txn: lmdb.Transaction, digests: Sequence[bytes]) -> list[Found]:
+        """Checked location of each digest, in one snapshot.
+
+        Each result is the encoded location, a
+        :class:`~tensorcask.errors.CorruptionError` naming the damaged entry
+        (or, for a digest found nowhere while some run cannot be opened, that
+        run), or None where the digest is absent.
+        """
         table = self.db.tables["content"]
+        runs, broken = self._opened_runs(txn)
         if len(digests) == 1:  # the per-sample read path: no array work
-            raw = txn.get(digests[0], db=table)
+            digest = digests[0]
+            raw = txn.get(digest, db=table)
             if raw is not None:
-                return [bytes(raw)]
-            for run in self.runs(txn):
-                i = run.find_one(digests[0])
+                return [unseal(digest, bytes(raw), self.recent_where)]
+            for run in runs:
+                i = run.find_one(digest)
                 if i >= 0:
                     return [run.location(i)]
-            return [None]
+            return [broken[0] if broken else None]
         cursor = txn.cursor(db=table)
         if len(digests) > int(txn.stat(table)["entries"]):
             recent = cast(dict[bytes, bytes], dict(cursor.iternext()))  # one scan beats probes
-            found = {d: recent[d] for d in digests if d in recent}
+            stored = {d: recent[d] for d in digests if d in recent}
         else:
-            found = {bytes(k): bytes(v) for k, v in cursor.getmulti(digests)}
+            stored = {bytes(k): bytes(v) for k, v in cursor.getmulti(digests)}
+        where = self.recent_where
+        found: dict[bytes, Found] = {d: unseal(d, v, where) for d, v in stored.items()}
         rest = list(dict.fromkeys(d for d in digests if d not in found))
-        runs = self.runs(txn)
         if rest and runs:
             queries = np.frombuffer(b"".join(rest), np.uint8).reshape(-1, 32)
             prefixes = _prefixes(queries)
             todo = np.arange(len(rest))
             for run in runs:
-                where = run.find(queries[todo], prefixes[todo])
-                hits = where >= 0
-                for q, raw in zip(todo[hits].tolist(), run.locations(where[hits]), strict=True):
-                    found[rest[q]] = raw
+                at = run.find(queries[todo], prefixes[todo])
+                hits = at >= 0
+                for q, value in zip(todo[hits].tolist(), run.locations(at[hits]), strict=True):
+                    found[rest[q]] = value
                 todo = todo[~hits]
                 if not todo.size:
                     break
+        if broken:
+            return [found.get(d, broken[0]) for d in digests]
         return [found.get(d) for d in digests]
 
+    @property
+    def recent_where(self) -> str:
+        """The file holding the recent table (for error messages)."""
+        return str(self.db.path / "data.mdb")
+
+    def damaged_run(self, txn: lmdb.Transaction) -> CorruptionError | None:
+        """The first listed run that is damaged, if any (explains a missing digest)."""
+        runs, broken = self._opened_runs(txn)
+        if broken:
+            return broken[0]
+        for run in runs:
+            damage = run.check()
+            if damage is not None:
+                return damage
+        return None
+
+    def check(self, txn: lmdb.Transaction) -> list[CorruptionError]:
+        """Every damaged entry and run file of this snapshot (for ``verify``)."""
+        problems: list[CorruptionError] = []
+        where = self.recent_where
+        for digest, value in txn.cursor(db=self.db.tables["content"]):
+            found = unseal(bytes(digest), bytes(value), where)
+            if isinstance(found, CorruptionError):
+                problems.append(found)
+        runs, broken = self._opened_runs(txn)
+        problems.extend(broken)
+        for run in runs:
+            damage = run.check() or run.check_order()
+            if damage is not None:
+                problems.append(damage)
+                continue
+            problems.extend(
+                found
+                for found in run.locations(np.arange(run.count))
+                if not isinstance(found, bytes)
+            )
+        return problems
+
     def items(self, txn: lmdb.Transaction) -> Iterator[tuple[bytes, bytes]]:
-        """Every entry: recent ones, then each run's."""
+        """Every ``(digest, encoded location)``: recent ones, then each run's.
+
+        Raises :class:`~tensorcask.errors.CorruptionError` at the first
+        damaged entry or run (``gc`` must not guess what a damaged entry held).
+        """
+        where = self.recent_where
         for k, v in txn.cursor(db=self.db.tables["content"]):
-            yield bytes(k), bytes(v)
+            yield bytes(k), _checked(unseal(bytes(k), bytes(v), where))
         for run in self.runs(txn):
-            yield from run.items()
+            for digest, value in run.items():
+                yield digest, _checked(unseal(digest, value, run.where))
 
     # -- writing (writer lock held) ---------------------------------------
 
     def add(self, txn: lmdb.Transaction, entries: Sequence[tuple[bytes, bytes]]) -> None:
-        """Publish new entries in the caller's transaction."""
+        """Publish new ``(digest, encoded location)`` entries in the caller's transaction.
+
+        An entry replaces a damaged one of the same digest in the recent
+        table; one in a run is shadowed, since the recent table is searched first.
+        """
         if entries:
             cursor = txn.cursor(db=self.db.tables["content"])
-            cursor.putmulti(sorted(entries), overwrite=False)
+            cursor.putmulti(sorted((d, seal(d, loc)) for d, loc in entries), overwrite=True)
 
     def needs_compaction(self, txn: lmdb.Transaction) -> bool:
         """Whether the recent table outgrew :data:`RECENT_LIMIT`."""
@@ -289,12 +519,17 @@ class ContentIndex:
         keep: set[bytes] | None,
     ) -> int:
         """Rewrite ``members`` as one run (dropping digests not in ``keep``)."""
-        entries = [
-            item
-            for entry in members
-            for item in self._run(str(entry["name"])).items()
-            if keep is None or item[0] in keep
-        ]
+        chosen: dict[bytes, bytes] = {}
+        for entry in members:  # youngest first: the first valid entry of a digest wins
+            run = self._run(str(entry["name"]))
+            for digest, value in run.items():
+                if keep is not None and digest not in keep:
+                    continue
+                if digest not in chosen or isinstance(
+                    unseal(digest, chosen[digest], ""), Exception
+                ):
+                    chosen[digest] = value
+        entries = list(chosen.items())
         dropped = sum(int(m["count"]) for m in members) - len(entries)
         name = write_run(self.directory, entries) if entries else None
         names = {str(m["name"]) for m in members}
@@ -339,3 +574,19 @@ class ContentIndex:
             self._runs.pop(name, None)
             with contextlib.suppress(FileNotFoundError):
                 (self.directory / name).unlink()
+
+
+def _run_error(path: Path, exc: Exception) -> CorruptionError:
+    if isinstance(exc, CorruptionError):
+        return exc
+    return CorruptionError(
+        f"content index run {path} cannot be read ({exc}); restore the repository from a "
+        "clone or backup",
+        path=str(path),
+    )
+
+
+def _checked(found: bytes | CorruptionError) -> bytes:
+    if isinstance(found, CorruptionError):
+        raise found
+    return found

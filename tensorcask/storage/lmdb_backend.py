@@ -6,7 +6,14 @@ are one contiguous range, to the raw payload bytes. Its ``meta`` database holds
 the counter from which every writable instance takes a fresh segment number.
 
 LMDB forbids opening one environment twice in a process, so instances on the
-same directory share one handle per process (a forked child opens its own).
+same environment share one handle per process (a forked child opens its own).
+The handles are keyed by the identity (device, inode) of ``data.mdb``, not by
+its path, so the environment of a repository removed and re-created at the
+same path is opened afresh, never served from the old one's deleted file.
+
+A read-only instance opens the environment with ``readonly=True``, and with
+``lock=False`` when ``lock.mdb`` cannot be written (a read-only mount, another
+user's repository): it then does not coordinate with a concurrent writer.
 """
 
 from __future__ import annotations
@@ -22,8 +29,9 @@ from typing import Any, ClassVar
 import lmdb
 import xxhash
 
-from tensorcask.errors import CorruptionError, ReadOnlyError
+from tensorcask.errors import CaskError, CorruptionError, ReadOnlyError
 from tensorcask.storage.base import Backend, Location, Payload
+from tensorcask.storage.db import Identity, identity_of, lock_writable
 from tensorcask.storage.memory import payload_bytes, payload_from_bytes
 
 __all__ = ["LMDBBackend"]
@@ -42,51 +50,65 @@ class _Env:
     data: Any
     meta: Any
     readonly: bool
-    path: str
+    identity: Identity
     pid: int = field(default_factory=os.getpid)
     users: int = 0
 
 
-_ENVS: dict[tuple[int, str], _Env] = {}
+_ENVS: dict[tuple[int, int, int], _Env] = {}
 _ENVS_LOCK = threading.Lock()
 
 
-def _open_env(root: Path, readonly: bool) -> _Env:
-    env = lmdb.open(
-        str(root),
-        subdir=True,
-        map_size=_MAP_SIZE,
-        max_dbs=2,
-        readonly=readonly,
-        create=not readonly,
-        sync=False,
-    )
+def _open_lmdb(root: Path, readonly: bool) -> Any:
+    options: dict[str, Any] = {"subdir": True, "map_size": _MAP_SIZE, "max_dbs": 2, "sync": False}
+    if not readonly:
+        return lmdb.open(str(root), create=True, **options)
+    lock = lock_writable(root)
     try:
+        return lmdb.open(str(root), readonly=True, create=False, lock=lock, **options)
+    except lmdb.ReadonlyError:
+        if not lock:
+            raise
+    # lock.mdb looked writable but is not (NFS root squash, ACLs): go without.
+    return lmdb.open(str(root), readonly=True, create=False, lock=False, **options)
+
+
+def _open_env(root: Path, readonly: bool, expected: Identity | None) -> _Env:
+    env = _open_lmdb(root, readonly)
+    try:
+        identity = identity_of(root)
+        if identity is None or (expected is not None and identity != expected):
+            raise CaskError(
+                f"the LMDB environment {root} was removed or replaced while it was being "
+                "opened; open the repository again"
+            )
         data = env.open_db(b"data", create=not readonly)
         meta = env.open_db(b"meta", create=not readonly)
     except BaseException:
         env.close()
         raise
-    return _Env(env, data, meta, readonly, str(root.resolve()))
+    return _Env(env, data, meta, readonly, identity)
 
 
 def _acquire(root: Path, readonly: bool) -> _Env:
-    key = (os.getpid(), str(root.resolve()))
+    pid = os.getpid()
     with _ENVS_LOCK:
-        for inherited in [other for other in _ENVS if other[0] != key[0]]:
+        for inherited in [other for other in _ENVS if other[0] != pid]:
             # Handles a forked child inherited are unusable here, and py-lmdb
             # refuses to reopen their files while they are open. Closing them
             # is safe: no transaction outlives a call, and the parent's fcntl
             # locks were not inherited.
             _ENVS.pop(inherited).env.close()
-        shared = _ENVS.get(key)
+        identity = identity_of(root)
+        shared = None if identity is None else _ENVS.get((pid, *identity))
         if shared is None:
-            shared = _ENVS[key] = _open_env(root, readonly)
+            shared = _open_env(root, readonly, identity)
+            _ENVS[(pid, *shared.identity)] = shared
         elif shared.readonly and not readonly:
             # A writer joins readers of this process: swap in a writable handle
             # under them (they take it afresh for every transaction).
             shared.env.close()
-            fresh = _open_env(root, False)
+            fresh = _open_env(root, False, shared.identity)
             shared.env, shared.data, shared.meta = fresh.env, fresh.data, fresh.meta
             shared.readonly = False
         shared.users += 1
@@ -98,7 +120,9 @@ def _release(shared: _Env) -> None:
         shared.users -= 1
         if shared.users == 0 and shared.pid == os.getpid():
             shared.env.close()
-            _ENVS.pop((shared.pid, shared.path), None)
+            key = (shared.pid, *shared.identity)
+            if _ENVS.get(key) is shared:
+                del _ENVS[key]
 
 
 class LMDBBackend(Backend):
