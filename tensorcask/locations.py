@@ -286,7 +286,7 @@ class ColumnTables:
             return table
         name = root.hash.hex()
         stamp = {"format": CACHE_FORMAT, "root": name, "count": root.count}
-        arrays = self.cache.load(name, stamp, eager=_EAGER)
+        arrays = self.cache.load(name, stamp, eager=_EAGER, rebuild=lambda: self._sound(root))
         table = None
         if arrays is not None:
             try:
@@ -294,13 +294,21 @@ class ColumnTables:
             except ValueError:
                 self.cache.forget(name)
         if table is None:
-            table = ColumnTable.build(self.tree, root.tree, self.store.lookup_raw, root.schema)
+            table = self._build(root)
             if table.damaged is None:  # a table with unresolved records is never saved
                 self.cache.save(name, stamp, table.arrays())
         if len(self._memory) >= TABLES_IN_MEMORY:
             self._memory.pop(next(iter(self._memory)))
         self._memory[root.hash] = table
         return table
+
+    def _build(self, root: ColumnRoot) -> ColumnTable:
+        return ColumnTable.build(self.tree, root.tree, self.store.lookup_raw, root.schema)
+
+    def _sound(self, root: ColumnRoot) -> dict[str, np.ndarray] | None:
+        """A fresh build's arrays, or None when some record could not be resolved."""
+        table = self._build(root)
+        return table.arrays() if table.damaged is None else None
 
     def forget(self) -> None:
         """Drop the tables held in memory (after gc or a repair)."""

@@ -78,20 +78,6 @@ def _ref_targets(repo: Repository) -> list[str]:
     return targets
 
 
-def _reachable_commits(repo: Repository, starts: Iterable[str]) -> list[str]:
-    seen: set[str] = set()
-    order: list[str] = []
-    stack = list(starts)
-    while stack:
-        cid = stack.pop()
-        if cid in seen:
-            continue
-        seen.add(cid)
-        order.append(cid)
-        stack.extend(repo._history.commit(cid).parents)
-    return order
-
-
 def _raw_object(repo: Repository, key: bytes) -> bytes | None:
     with repo._db.read() as txn:
         return repo._db.get(txn, "objects", key)
@@ -151,8 +137,11 @@ def verify_repository(
     return report
 
 
-def _walk_commits(repo: Repository, starts: Iterable[str], report: VerifyReport) -> list[str]:
-    """Commits reachable from ``starts`` whose bytes hash to their id; others are reported."""
+def _walk_commits(
+    repo: Repository, starts: Iterable[str], report: VerifyReport | None = None
+) -> list[str]:
+    """Commits reachable from ``starts``; a damaged one is added to ``report``
+    (and skipped) or, without a report, raised."""
     seen: set[str] = set()
     order: list[str] = []
     stack = list(starts)
@@ -164,6 +153,8 @@ def _walk_commits(repo: Repository, starts: Iterable[str], report: VerifyReport)
         try:
             commit = repo._history.commit(cid)
         except _PROBLEMS as exc:
+            if report is None:
+                raise
             report.add(f"commit {cid}: {exc}")
             continue
         order.append(cid)
@@ -277,7 +268,7 @@ def collect_garbage(repo: Repository, progress: Progress | None = None) -> GCRep
     """
     report = GCReport()
     db = repo._db
-    live_commits = set(_reachable_commits(repo, _ref_targets(repo)))
+    live_commits = set(_walk_commits(repo, _ref_targets(repo)))
     live_objects: set[bytes] = set()
     live_digests: set[bytes] = set()
     tree = repo._history.tree

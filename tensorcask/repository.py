@@ -598,7 +598,9 @@ class Repository:
     def table_cache_limit(self) -> int:
         """Bytes the column-table cache under ``cache/`` may use.
 
-        Default: the size of the stored sample data, and at least 256 MiB.
+        Default: twice the size of the stored sample data, and at least 256
+        MiB. Tables opened in the last ten minutes are kept even over the
+        bound, so that the columns of a running job never evict each other.
         Set it (any int >= 0) to store a fixed bound in the repository's
         config; set ``None`` to return to the default.
         """
@@ -622,7 +624,7 @@ class Repository:
         configured = self.config.get("table_cache_limit")
         if isinstance(configured, int):
             return configured
-        return max(DEFAULT_TABLE_CACHE_BYTES, _tree_bytes(self.path / "data"))
+        return max(DEFAULT_TABLE_CACHE_BYTES, 2 * _tree_bytes(self.path / "data"))
 
     def disk_usage(self) -> int:
         """Bytes used by the repository directory."""

@@ -7,13 +7,13 @@ trusted blindly. Layout under ``<repo>/cache/``::
     pieces/ab/cdef…     raw bytes of one piece of one array, named by its xxh3-128
     tables/<root>.json  the manifest of one column root's table
 
-An array is cut along its first axis into pieces of :data:`PIECE_BYTES`
-(the last one shorter) and each piece is stored once under the hash of its
-bytes. Tables of related commits therefore share what did not change:
-appending samples, or changing values in place, leaves the pieces before the
-change byte-identical. A manifest lists each array's dtype, shape and pieces,
-a stamp (cache format, column root, record count, content epoch) and a
-checksum of itself.
+An array is cut into pieces of a power-of-two size (at least a memory page,
+at most about 1/:data:`PIECES_PER_ARRAY` of the array; the last one shorter)
+and each piece is stored once under the hash of its bytes. Tables of related
+commits therefore share what did not change: appending samples, or changing
+values in place, leaves the pieces before the change byte-identical. A
+manifest lists each array's dtype, shape, piece size and pieces, a stamp
+(cache format, column root, record count) and a checksum of itself.
 
 Loading checks the manifest's checksum and stamp, maps every piece and checks
 it against its name. Where the platform allows (Linux, macOS), the pieces of
@@ -49,11 +49,24 @@ import xxhash
 
 from .errors import CorruptionError
 
-__all__ = ["CACHE_FORMAT", "PIECE_BYTES", "LazyArrays", "TableCache", "TableCacheWarning"]
+__all__ = [
+    "CACHE_FORMAT",
+    "PIECES_PER_ARRAY",
+    "LazyArrays",
+    "TableCache",
+    "TableCacheWarning",
+    "piece_bytes",
+]
 
 CACHE_FORMAT = 2
-PIECE_BYTES = 1 << 20
+PIECES_PER_ARRAY = 64
+"""An array is cut into about this many pieces: fine enough that a small change
+leaves most of them shared, few enough that opening a table maps them fast."""
 _ORPHAN_GRACE_S = 3600.0  # a piece no manifest names yet may belong to a save in progress
+HOT_S = 600.0
+"""Tables opened or saved this recently are not evicted, even over the limit:
+the columns a training job reads together must not push each other out (each
+eviction would make every new loader worker rebuild)."""
 
 
 class TableCacheWarning(UserWarning):
@@ -107,6 +120,14 @@ def _load_libc() -> Any:
     return _libc
 
 
+def piece_bytes(total: int) -> int:
+    """The piece size for an array of ``total`` bytes (a power of two, >= a page)."""
+    step = mmap.PAGESIZE
+    while step * PIECES_PER_ARRAY < total:
+        step *= 2
+    return step
+
+
 def _round_up(n: int) -> int:
     page = mmap.PAGESIZE
     return (n + page - 1) // page * page
@@ -155,10 +176,17 @@ def _read_end_to_end(paths: list[Path], sizes: list[int], total: int) -> memoryv
 class LazyArrays(Mapping[str, np.ndarray]):
     """The arrays of one saved table, each mapped and checked on first access."""
 
-    def __init__(self, cache: TableCache, specs: dict[str, Any], name: str) -> None:
+    def __init__(
+        self,
+        cache: TableCache,
+        specs: dict[str, Any],
+        name: str,
+        rebuild: Callable[[], Mapping[str, np.ndarray] | None] | None = None,
+    ) -> None:
         self._cache = cache
         self._specs = specs
         self._name = name
+        self._rebuild = rebuild
         self._mapped: dict[str, np.ndarray] = {}
 
     def prefetch(self, key: str) -> None:
@@ -174,6 +202,17 @@ class LazyArrays(Mapping[str, np.ndarray]):
                 array = self._cache.map_array(spec)
             except (_Damaged, OSError, ValueError, KeyError, TypeError) as exc:
                 self._cache.forget(self._name, getattr(exc, "path", None))
+                rebuilt = self._rebuild() if self._rebuild is not None else None
+                if rebuilt is not None:  # the same arrays, from the history: carry on
+                    warnings.warn(
+                        f"cached column table {self._name[:16]}: {exc}; rebuilt it from the "
+                        "history",
+                        TableCacheWarning,
+                        stacklevel=2,
+                    )
+                    self._mapped.update({k: v for k, v in rebuilt.items() if k in self._specs})
+                    self._rebuild = None
+                    return self._mapped[key]
                 raise CorruptionError(
                     f"the cached column table {self._name[:16]} is damaged ({exc}); it was "
                     "removed and is rebuilt when the column is opened again",
@@ -227,14 +266,19 @@ class TableCache:
     # -- loading -----------------------------------------------------------
 
     def load(
-        self, name: str, stamp: dict[str, Any], eager: Iterable[str] = ()
+        self,
+        name: str,
+        stamp: dict[str, Any],
+        eager: Iterable[str] = (),
+        rebuild: Callable[[], Mapping[str, np.ndarray] | None] | None = None,
     ) -> LazyArrays | None:
         """The arrays saved as ``name``; None if absent, damaged or stale.
 
         The arrays named in ``eager`` are mapped and checked now; the others
-        on first use (a damaged one then raises
-        :class:`~tensorcask.errors.CorruptionError` naming its piece, and its
-        table is removed so that the next open rebuilds it). Damaged and
+        on first use: a damaged one then removes the table and is served
+        from ``rebuild()`` (the caller's fresh build of the same arrays), or,
+        where that is None, raises :class:`~tensorcask.errors.CorruptionError`
+        naming its piece. Damaged and
         stale tables raise a :class:`TableCacheWarning` and are removed, so
         the caller's rebuild replaces them.
         """
@@ -252,7 +296,7 @@ class TableCache:
             if stale:
                 self._discard(name, f"{path} is stale ({stale[0]} changed)")
                 return None
-            arrays = LazyArrays(self, doc["arrays"], name)
+            arrays = LazyArrays(self, doc["arrays"], name, rebuild)
             for key in eager:
                 if key in arrays:
                     arrays.prefetch(key)
@@ -347,7 +391,7 @@ class TableCache:
         data = np.ascontiguousarray(array)
         flat = memoryview(data.reshape(-1).view(np.uint8).data)
         pieces = []
-        step = PIECE_BYTES
+        step = piece_bytes(len(flat))
         for start in range(0, len(flat), step):
             chunk = flat[start : start + step]
             piece = _piece_name(chunk)
@@ -432,9 +476,10 @@ class TableCache:
                 refs[piece] = refs.get(piece, 0) + 1
         live = sum(sizes.get(p, (0, 0.0))[0] for p in refs)
         limit = self.limit
-        for name, (_, used) in sorted(manifests.items(), key=lambda item: item[1][0]):
-            if live <= limit:
-                break
+        hot = time.time() - HOT_S
+        for name, (used_at, used) in sorted(manifests.items(), key=lambda item: item[1][0]):
+            if live <= limit or used_at > hot:
+                break  # sorted oldest first: every later one is hot too
             if name == keep:
                 continue
             with contextlib.suppress(OSError):

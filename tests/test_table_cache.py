@@ -14,8 +14,7 @@ from tensorcask import table_cache
 from tensorcask.loaders.core import RepoSource
 from tensorcask.table_cache import TableCacheWarning
 
-PIECE_BYTES = 4096  # small pieces keep the tables small and the tests fast
-N = 40 * PIECE_BYTES // 8 + 100  # every array spans many pieces
+N = 40 * 4096 // 8 + 100  # every array spans dozens of pieces
 
 
 def _cache_bytes(path: Path) -> int:
@@ -28,9 +27,8 @@ def _manifests(path: Path) -> list[Path]:
 
 
 @pytest.fixture
-def grown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[tc.Repository, list[str]]:
+def grown(tmp_path: Path) -> tuple[tc.Repository, list[str]]:
     """A label column of N records, then 12 commits appending 50 records each."""
-    monkeypatch.setattr(table_cache, "PIECE_BYTES", PIECE_BYTES)
     repo = tc.init(tmp_path / "r", user_name="Ada", user_email="ada@example.org")
     commits = []
     with repo.checkout(write=True) as co:
@@ -44,13 +42,22 @@ def grown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[tc.Repositor
     return repo, commits
 
 
+def test_tables_in_use_are_not_evicted(grown: tuple[tc.Repository, list[str]]) -> None:
+    repo, commits = grown
+    repo.table_cache_limit = 0
+    for commit in commits[:4]:
+        RepoSource(repo, ["labels"], commit=commit)
+    assert len(_manifests(repo.path)) == 4  # all opened within HOT_S: kept over the limit
+    repo.close()
+
+
 def test_tables_of_related_commits_share_unchanged_pieces(
     grown: tuple[tc.Repository, list[str]],
 ) -> None:
     repo, commits = grown
     RepoSource(repo, ["labels"], commit=commits[0])
     one_table = _cache_bytes(repo.path)
-    assert one_table > 3 * PIECE_BYTES  # digests, keys, rows, checksums, segments
+    assert one_table > 5 * table_cache.piece_bytes(8 * N)  # several arrays of many pieces
     for commit in commits[1:]:
         source = RepoSource(repo, ["labels"], commit=commit)
         assert len(source) == len(repo.checkout(commit=commit)["labels"])
@@ -62,8 +69,11 @@ def test_tables_of_related_commits_share_unchanged_pieces(
     repo.close()
 
 
-def test_cache_stays_within_its_limit(grown: tuple[tc.Repository, list[str]]) -> None:
+def test_cache_stays_within_its_limit(
+    grown: tuple[tc.Repository, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     repo, commits = grown
+    monkeypatch.setattr(table_cache, "HOT_S", 0.0)  # no table counts as in use
     RepoSource(repo, ["labels"], commit=commits[0])
     one_table = _cache_bytes(repo.path)
     repo.table_cache_limit = one_table  # room for about one table
@@ -72,7 +82,7 @@ def test_cache_stays_within_its_limit(grown: tuple[tc.Repository, list[str]]) ->
         RepoSource(repo, ["labels"], commit=commit)
         assert _cache_bytes(repo.path) <= 2 * one_table
     repo.table_cache_limit = None
-    assert repo.table_cache_limit >= table_cache.PIECE_BYTES
+    assert repo.table_cache_limit >= 256 << 20
     with pytest.raises(ValueError, match="table_cache_limit"):
         repo.table_cache_limit = -1
     repo.close()

@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +49,7 @@ from xxhash import xxh3_64_intdigest
 
 from ..errors import CaskError, CorruptionError, ReadOnlyError
 
-__all__ = ["TABLES", "Identity", "MetaDB", "identity_of", "lock_writable"]
+__all__ = ["TABLES", "Identity", "MetaDB", "check_meta_pages", "identity_of", "lock_writable"]
 
 Identity = tuple[int, int]
 """``(st_dev, st_ino)`` of a file."""
@@ -122,7 +124,10 @@ def _acquire_env(path: Path, create: bool, readonly: bool) -> _Shared:
             )
         found = None if before is None else _OPEN.get((pid, *before))
         if found is None:
-            env = _open_env(path, create, readonly)
+            try:
+                env = _open_env(path, create, readonly)
+            except lmdb.Error as error:
+                raise _as_damage(path / "data.mdb", error) from error
             after = identity_of(path)
             if after is None or (before is not None and after != before):
                 env.close()
@@ -144,7 +149,84 @@ def _release_env(shared: _Shared) -> None:
             shared.env.close()
 
 
+def check_meta_pages(data_file: Path) -> None:
+    """Raise :class:`CorruptionError` if ``data_file``'s LMDB meta pages are damaged
+    (see :func:`_check_meta_pages`); a writer committing meanwhile can tear one
+    reading, so a failure is read again before it counts."""
+    for attempt in range(3):
+        try:
+            _check_meta_pages(data_file)
+            return
+        except CorruptionError:
+            if attempt == 2:
+                raise
+            time.sleep(0.05)
+
+
+def _check_meta_pages(data_file: Path) -> None:
+    """Check the two LMDB meta pages of ``data_file`` before LMDB trusts them.
+
+    LMDB picks the meta page with the larger transaction id and checksums
+    nothing: one flipped bit in the other page's id would silently roll the
+    whole repository back to an older transaction. The two pages must hold
+    LMDB's magic and consecutive ids, each in the page of its parity.
+    """
+    try:
+        with open(data_file, "rb") as f:
+            head = f.read(_META_AT + 8)
+            psize = struct.unpack_from("<I", head, _PSIZE_AT)[0] if len(head) >= 44 else 0
+            if psize < 512 or psize & (psize - 1):
+                raise _meta_damaged(data_file, "its page size is not a power of two")
+            f.seek(0)
+            pages = f.read(2 * psize)
+    except FileNotFoundError:
+        return
+    if len(pages) < 2 * psize:
+        raise _meta_damaged(data_file, "it is shorter than its two meta pages")
+    ids = []
+    for page in (0, 1):
+        magic = struct.unpack_from("<I", pages, page * psize + _MAGIC_AT)[0]
+        txnid = struct.unpack_from("<Q", pages, page * psize + _META_AT)[0]
+        if magic != _LMDB_MAGIC:
+            raise _meta_damaged(data_file, f"meta page {page} lacks LMDB's magic number")
+        if txnid and txnid % 2 != page:
+            raise _meta_damaged(data_file, f"meta page {page} holds transaction {txnid}")
+        ids.append(txnid)
+    if abs(ids[0] - ids[1]) != 1 and ids != [0, 0]:
+        raise _meta_damaged(data_file, f"its meta pages hold transactions {ids[0]} and {ids[1]}")
+
+
+_PSIZE_AT = 40  # mm_dbs[FREE_DBI].md_pad, after the 16-byte page header
+_MAGIC_AT = 16
+_META_AT = 144  # mm_txnid
+_LMDB_MAGIC = 0xBEEFC0DE
+
+
+def _as_damage(data_file: Path, error: lmdb.Error) -> lmdb.Error | CorruptionError:
+    """LMDB's refusal to open a file, as :class:`CorruptionError` when it means damage.
+
+    Permission and read-only refusals stay LMDB errors (read-only handling
+    decides what they mean); any other failure to open an existing file is a
+    damaged file (a bad format version, page or database record).
+    """
+    text = str(error)
+    if isinstance(error, lmdb.ReadonlyError | lmdb.LockError | lmdb.ReadersFullError) or any(
+        s in text for s in ("Permission denied", "Read-only file system", "No such file")
+    ):
+        return error
+    return _meta_damaged(data_file, f"LMDB cannot open it: {type(error).__name__}: {text}")
+
+
+def _meta_damaged(data_file: Path, why: str) -> CorruptionError:
+    return CorruptionError(
+        f"the metadata file {data_file} is damaged ({why}); restore the repository from a "
+        "clone or backup",
+        path=str(data_file),
+    )
+
+
 def _open_env(path: Path, create: bool, readonly: bool) -> lmdb.Environment:
+    check_meta_pages(path / "data.mdb")
     options: dict[str, Any] = {
         "map_size": _MAP_SIZE,
         "max_dbs": len(TABLES) + 2,
@@ -209,6 +291,9 @@ class MetaDB:
         self.read_only_reason = f"{self.path} is not writable by this process"
         try:
             self.tables = {name: self.env.open_db(name.encode(), create=create) for name in TABLES}
+        except lmdb.Error as error:
+            self.close()
+            raise _as_damage(Path(self._data_file), error) from error
         except BaseException:
             self.close()
             raise

@@ -10,14 +10,16 @@ their view of the dataset when asked for elements past its known end.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import h5py
 import numpy as np
@@ -263,7 +265,7 @@ class HDF5Backend(Backend):
     def _open_reader(self, segment: int) -> _Open:
         path = self._files.path(segment)
         try:
-            file = h5py.File(path, "r", libver="latest", swmr=True)
+            file = _open_swmr_reader(path)
         except FileNotFoundError:
             raise CorruptionError(
                 f"segment file {path} is missing: it was removed or never written", path=str(path)
@@ -309,3 +311,51 @@ class HDF5Backend(Backend):
 
 def _element_count(location: Location) -> int:
     return location.shape[0] if location.dtype == BLOB else math.prod(location.shape)
+
+
+_READ_ATTEMPTS = 8
+"""Metadata read attempts of an SWMR reader. HDF5 retries a metadata block that
+fails its checksum (a writer may be flushing it) 100 times by default, with
+growing sleeps: a damaged file would hang its reader for minutes. A few
+attempts ride out a concurrent flush; damage then fails fast."""
+
+_reader_fapl: Any = None
+
+
+def _swmr_fapl() -> Any:
+    """A file-access property list for SWMR readers with few read attempts, or
+    None where the HDF5 library's setter cannot be reached."""
+    global _reader_fapl
+    if _reader_fapl is None:
+        _reader_fapl = False
+        setter = _hdf5_function("H5Pset_metadata_read_attempts")
+        if setter is not None:
+            fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+            fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+            setter.argtypes = [ctypes.c_int64, ctypes.c_uint]
+            setter.restype = ctypes.c_int
+            if setter(fapl.id, _READ_ATTEMPTS) >= 0:
+                _reader_fapl = fapl
+    return _reader_fapl or None
+
+
+def _hdf5_function(name: str) -> Any:
+    """A function of the HDF5 library h5py loaded (found through /proc/self/maps)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            found = re.findall(r"(/\S*libhdf5[-_.][^/\s]*\.so[^/\s]*)", maps.read())
+        library = next(p for p in sorted(set(found)) if "_hl" not in p.rsplit("/", 1)[-1])
+        return getattr(ctypes.CDLL(library), name)
+    except (OSError, StopIteration, AttributeError):
+        return None
+
+
+def _open_swmr_reader(path: Path) -> h5py.File:
+    """Open ``path`` for SWMR reading, failing fast on damaged metadata."""
+    fapl = _swmr_fapl()
+    if fapl is None:
+        return h5py.File(path, "r", libver="latest", swmr=True)
+    if not path.exists():
+        raise FileNotFoundError(str(path))
+    flags = h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ
+    return h5py.File(h5py.h5f.open(os.fsencode(path), flags, fapl=fapl))

@@ -53,7 +53,7 @@ from typing import cast
 
 import lmdb
 import numpy as np
-from xxhash import xxh3_64_intdigest
+from xxhash import xxh3_64_digest, xxh3_64_intdigest
 
 from ..errors import CorruptionError
 from .base import Location
@@ -69,6 +69,7 @@ _HEAD_V1 = struct.Struct("<8sQQ")
 _HEAD = struct.Struct("<8sQQQQQ")
 _BULK = 1024  # lookups at least this large check a run's entries wholesale
 _SEALED = 2
+_SEALED_BYTE = bytes((_SEALED,))
 _CHECK_BYTES = 4
 
 Found = bytes | CorruptionError | None
@@ -77,17 +78,15 @@ Found = bytes | CorruptionError | None
 
 def seal(digest: bytes, location: bytes) -> bytes:
     """The stored form of an index entry: version 2 and a check over digest and entry."""
-    body = bytes((_SEALED,)) + location[1:]
-    check = xxh3_64_intdigest(digest + body) & 0xFFFFFFFF
-    return body + check.to_bytes(_CHECK_BYTES, "little")
+    body = _SEALED_BYTE + location[1:]
+    return body + xxh3_64_digest(digest + body)[:_CHECK_BYTES]
 
 
 def unseal(digest: bytes, value: bytes, where: str) -> bytes | CorruptionError:
     """The encoded location of a stored entry, or the error naming its damage."""
     if len(value) > _CHECK_BYTES + 1 and value[0] == _SEALED:
         body = value[:-_CHECK_BYTES]
-        check = int.from_bytes(value[-_CHECK_BYTES:], "little")
-        if xxh3_64_intdigest(digest + body) & 0xFFFFFFFF == check:
+        if xxh3_64_digest(digest + body)[:_CHECK_BYTES] == value[-_CHECK_BYTES:]:
             return b"\x01" + body[1:]
     elif value[:1] == b"\x01" and _plausible_legacy(value):
         return value

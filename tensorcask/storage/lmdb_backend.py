@@ -31,7 +31,7 @@ import xxhash
 
 from tensorcask.errors import CaskError, CorruptionError, ReadOnlyError
 from tensorcask.storage.base import Backend, Location, Payload
-from tensorcask.storage.db import Identity, identity_of, lock_writable
+from tensorcask.storage.db import Identity, check_meta_pages, identity_of, lock_writable
 from tensorcask.storage.memory import payload_bytes, payload_from_bytes
 
 __all__ = ["LMDBBackend"]
@@ -74,6 +74,7 @@ def _open_lmdb(root: Path, readonly: bool) -> Any:
 
 
 def _open_env(root: Path, readonly: bool, expected: Identity | None) -> _Env:
+    check_meta_pages(root / "data.mdb")  # before LMDB trusts them
     env = _open_lmdb(root, readonly)
     try:
         identity = identity_of(root)
