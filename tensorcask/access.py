@@ -17,6 +17,14 @@ from pathlib import Path
 
 import lmdb
 
+from .layout import (
+    DATA_DIR,
+    INDEX_DIR,
+    LMDB_DATA_FILE,
+    LMDB_LOCK_FILE,
+    META_DIR,
+    WRITER_LOCK_FILE,
+)
 from .storage.db import MetaDB
 
 __all__ = ["open_metadata", "why_unwritable"]
@@ -26,14 +34,14 @@ _EFFECTIVE = os.access in os.supports_effective_ids
 # What a write touches: directories new files go to, and files written in place.
 _NEEDED = (
     "",
-    "meta",
-    "meta/data.mdb",
-    "meta/lock.mdb",
-    "data",
-    "data/lmdb/data.mdb",
-    "data/lmdb/lock.mdb",
-    "index",
-    "writer.lock",
+    META_DIR,
+    f"{META_DIR}/{LMDB_DATA_FILE}",
+    f"{META_DIR}/{LMDB_LOCK_FILE}",
+    DATA_DIR,
+    f"{DATA_DIR}/lmdb/{LMDB_DATA_FILE}",  # the lmdb backend's environment
+    f"{DATA_DIR}/lmdb/{LMDB_LOCK_FILE}",
+    INDEX_DIR,
+    WRITER_LOCK_FILE,
 )
 
 
@@ -70,7 +78,7 @@ def why_unwritable(root: Path) -> str | None:
     Missing entries are skipped: a write creates them in their parent.
     """
     candidates = [root / name for name in _NEEDED]
-    data = root / "data"
+    data = root / DATA_DIR
     with contextlib.suppress(OSError):
         candidates += sorted(entry for entry in data.iterdir() if entry.is_dir())
     for path in candidates:
@@ -86,7 +94,7 @@ def open_metadata(root: Path, *, read_only: bool) -> MetaDB:
     :func:`why_unwritable` finds a reason (or LMDB refuses to open the files
     for writing); its ``read_only_reason`` then says why and what to do.
     """
-    meta = root / "meta"
+    meta = root / META_DIR
     reason = why_unwritable(root)
     if reason is None:
         try:

@@ -10,7 +10,7 @@ it, raises :class:`~tensorcask.errors.CheckoutClosedError`.
 from __future__ import annotations
 
 from collections.abc import Iterator, MutableMapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from .errors import (
     CheckoutClosedError,
     ConcurrentUpdateError,
     ReadOnlyError,
+    RefNotFoundError,
     SchemaError,
 )
 from .hashing import canonical_dtype
@@ -28,6 +29,7 @@ from .history.refs import HEADS
 from .history.staging import DELETED, StagingState
 from .history.tree import EMPTY_ROOT
 from .keys import utf8, validate_name, validate_ref_name
+from .layout import DATA_DIR, WRITER_LOCK_FILE
 from .storage.base import Payload
 from .storage.content import ContentStore
 from .storage.lock import WriterLock
@@ -188,6 +190,10 @@ class Checkout:
 class ReadCheckout(Checkout):
     """A read-only view of one commit.
 
+    The write methods of :class:`WriteCheckout` (``commit``, ``add_*_column``,
+    ``delete_column``, ``reset_staging_area``) and writes through its columns
+    raise :class:`~tensorcask.errors.ReadOnlyError`.
+
     Attributes
     ----------
     commit_id:
@@ -204,6 +210,40 @@ class ReadCheckout(Checkout):
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"commit={self.commit_id}"
         return f"<ReadCheckout {state} columns={sorted(self._columns)}>"
+
+    # -- writes: refused -------------------------------------------------
+
+    def _refuse(self, action: str) -> NoReturn:
+        self._check_open()
+        pinned = self.commit_id[:12] if self.commit_id else "an empty history"
+        raise ReadOnlyError(
+            f"cannot {action} through a read-only checkout (pinned to {pinned}); "
+            "open a write checkout with repo.checkout(write=True) to change a branch"
+        )
+
+    def add_ndarray_column(self, name: str, *args: object, **kwargs: object) -> NoReturn:
+        """Refused: raises :class:`~tensorcask.errors.ReadOnlyError`."""
+        self._refuse(f"add column {name!r}")
+
+    def add_str_column(self, name: str) -> NoReturn:
+        """Refused: raises :class:`~tensorcask.errors.ReadOnlyError`."""
+        self._refuse(f"add column {name!r}")
+
+    def add_bytes_column(self, name: str) -> NoReturn:
+        """Refused: raises :class:`~tensorcask.errors.ReadOnlyError`."""
+        self._refuse(f"add column {name!r}")
+
+    def delete_column(self, name: str) -> NoReturn:
+        """Refused: raises :class:`~tensorcask.errors.ReadOnlyError`."""
+        self._refuse(f"delete column {name!r}")
+
+    def commit(self, message: str) -> NoReturn:
+        """Refused: raises :class:`~tensorcask.errors.ReadOnlyError`."""
+        self._refuse("commit")
+
+    def reset_staging_area(self) -> NoReturn:
+        """Refused: raises :class:`~tensorcask.errors.ReadOnlyError`."""
+        self._refuse("reset the staging area")
 
 
 class WriteCheckout(Checkout):
@@ -228,11 +268,11 @@ class WriteCheckout(Checkout):
         if not exists:  # a new branch; an existing one keeps working whatever its name
             validate_ref_name(branch, "branch name")
         self.branch = branch
-        self._lock = WriterLock(repo.path / "writer.lock")
+        self._lock = WriterLock(repo.path / WRITER_LOCK_FILE)
         self._lock.acquire(f"write checkout of branch {branch!r}")
         try:
             state = self._open_staging(repo, branch)
-            store = ContentStore(repo.path / "data", repo._db, writable=True)
+            store = ContentStore(repo.path / DATA_DIR, repo._db, writable=True)
             super().__init__(repo, CommitId(state.base) if state.base else None, store)
             self._apply_staged_columns(state)
         except BaseException:
@@ -247,7 +287,7 @@ class WriteCheckout(Checkout):
             if head is None:
                 refs.check_new(txn, HEADS, branch)
             if head is None and refs.listing(txn, HEADS):
-                raise CaskError(
+                raise RefNotFoundError(
                     f"branch {branch!r} does not exist; create it first with "
                     f"repo.create_branch({branch!r}) (or `tensorcask branch {branch}`)"
                 )
@@ -259,7 +299,7 @@ class WriteCheckout(Checkout):
                         f"them in a write checkout of {state.branch!r} before writing to {branch!r}"
                     )
                 if state.base != head:
-                    raise CaskError(
+                    raise ConcurrentUpdateError(
                         f"staged changes of branch {branch!r} were made on commit {state.base} "
                         f"but the branch now points at {head}; reset the staging area"
                     )
@@ -375,7 +415,7 @@ class WriteCheckout(Checkout):
         self._check_open()
         validate_name(name)
         if name in self._columns:
-            raise ValueError(
+            raise SchemaError(
                 f"column {name!r} already exists; delete it first with co.delete_column({name!r})"
             )
         with self._db.write() as txn:
@@ -406,7 +446,10 @@ class WriteCheckout(Checkout):
     def _state(self, txn: Any) -> StagingState:
         state = self._staging.state(txn)
         if state is None or state.branch != self.branch:
-            raise CaskError("the staging area changed under this checkout; reopen it")
+            raise ConcurrentUpdateError(
+                "the staging area changed under this checkout (another writer used it); "
+                "close this checkout and open a new one"
+            )
         return state
 
     # -- writes (called by columns) -------------------------------------

@@ -21,13 +21,12 @@ from typing import Any
 
 import tensorcask as tc
 from tensorcask.graph import display_order, render_graph
+from tensorcask.layout import FORMAT_FILE, WRITER_LOCK_FILE
 from tensorcask.storage.lock import holder_is_dead, read_holder
 
 __all__ = ["main"]
 
 PROG = "tensorcask"
-MARKER = "TENSORCASK"
-"""The file that marks a directory as a repository."""
 SHORT_ID = 10
 USER_ERRORS: tuple[type[BaseException], ...] = (
     tc.CaskError,
@@ -87,7 +86,7 @@ def _base_dir(args: argparse.Namespace) -> Path:
 
 def _find_root(start: Path) -> Path:
     for candidate in (start, *start.parents):
-        if (candidate / MARKER).is_file():
+        if (candidate / FORMAT_FILE).is_file():  # the marker of a repository
             return candidate
     raise tc.RepositoryNotFoundError(
         f"not a tensorcask repository (or any parent directory): {start}; "
@@ -135,7 +134,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         branch = repo.current_branch
         head = repo.branches.get(branch)
         staged = repo.staged_branch
-        holder = read_holder(repo.path / "writer.lock")
+        holder = read_holder(repo.path / WRITER_LOCK_FILE)
         if args.json:
             _json(
                 {

@@ -5,22 +5,29 @@ Where a builtin exception describes the same situation, the error also
 derives from it, so that ``except KeyError`` or ``except PermissionError``
 catches what users expect::
 
-    CaskError
+    CaskError                                            repository states, name clashes
     ├── RepositoryNotFoundError      (+ FileNotFoundError)
     ├── WriterLockError              (+ PermissionError)
-    ├── ReadOnlyError                (+ PermissionError)
+    ├── ReadOnlyError                (+ PermissionError)  writes through a read checkout,
+    │                                                     column or read-only repository
     ├── CheckoutClosedError
-    ├── SchemaError                  (+ ValueError)
-    ├── RefNotFoundError             (+ KeyError)
+    ├── SchemaError                  (+ ValueError)       bad values and column definitions,
+    │                                                     a column name already in use
+    ├── RefNotFoundError             (+ KeyError)         a missing branch, tag or commit
     ├── AmbiguousRefError            (+ KeyError)
-    ├── MergeConflictError
-    ├── CorruptionError
+    ├── MergeConflictError                                ``conflicts`` lists them all
+    ├── CorruptionError                                   ``column``, ``key``, ``path``
     ├── PurgedDataError
     ├── DataNotLocalError
-    ├── ConcurrentUpdateError
+    ├── ConcurrentUpdateError                             a branch or the staging area moved
+    │                                                     under a writer
     └── RemoteError
 
-Messages say what happened, to what (column, key, ref, path) and what to do.
+A bare :class:`CaskError` is left for what no subclass describes: a state of
+the repository (nothing to commit, staged changes in the way, a repository
+removed while open, an unreadable format marker) and a branch or tag name
+already in use. Messages say what happened, to what (column, key, ref, path)
+and what to do.
 """
 
 from __future__ import annotations
@@ -76,7 +83,11 @@ class CheckoutClosedError(CaskError):
 
 
 class SchemaError(CaskError, ValueError):
-    """A value does not match its column's kind, dtype or shape."""
+    """A value does not fit its column, or a column cannot be made as asked.
+
+    A value of the wrong kind, dtype or shape; a column definition that is
+    invalid (dtype, shape, backend, compression); a column name already in use.
+    """
 
 
 class RefNotFoundError(CaskError, KeyError):
@@ -101,7 +112,10 @@ class MergeConflictError(CaskError):
 class CorruptionError(CaskError):
     """Stored bytes or history do not match their checksum or hash.
 
-    ``column``, ``key`` and ``path`` name the damaged sample where known.
+    ``column``, ``key`` and ``path`` name the damaged sample where known. They
+    survive pickling as they are (:meth:`__reduce__`); an error rebuilt from its
+    message alone, as torch's DataLoader does for one raised in a worker,
+    recovers them from the message.
     """
 
     def __init__(
@@ -120,6 +134,26 @@ class CorruptionError(CaskError):
         self.column = column
         self.key = key
         self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The fields travel as they are; unpickling neither calls __init__
+        # (a subclass may take other arguments) nor reads them from the text.
+        return _restore, (type(self), self.args, self.__dict__)
+
+    def again(self) -> CorruptionError:
+        """A fresh copy to raise. Damage found once is often reported many times
+        (a damaged run, a damaged record of a table); raising one instance
+        again would chain every raise's traceback, and the frames (open read
+        transactions among them) onto it."""
+        error: CorruptionError = _restore(type(self), self.args, dict(self.__dict__))
+        return error
+
+
+def _restore(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    """An unpickled exception: its class, args and attributes, without ``__init__``."""
+    error = cls.__new__(cls, *args)
+    error.__dict__.update(state)
+    return error
 
 
 _NAMED = re.compile(r"column '((?:[^'\\]|\\.)*)', key ((?:'(?:[^'\\]|\\.)*')|\d+)")
@@ -160,7 +194,11 @@ class DataNotLocalError(CaskError):
 
 
 class ConcurrentUpdateError(CaskError):
-    """A ref moved under us (a compare-and-swap lost a race)."""
+    """A branch or the staging area moved under us (a compare-and-swap lost a race).
+
+    Another writer (one that took over the writer lock, or a merge) changed
+    what this operation started from; nothing of this operation was published.
+    """
 
 
 class RemoteError(CaskError):

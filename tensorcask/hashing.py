@@ -18,7 +18,6 @@ import numpy as np
 
 __all__ = [
     "Digest",
-    "HexDigest",
     "array_digest_prefix",
     "blob_digest",
     "canonical_array",
@@ -28,9 +27,6 @@ __all__ = [
 
 Digest = NewType("Digest", bytes)
 """A 32-byte raw content digest."""
-
-HexDigest = NewType("HexDigest", str)
-"""A digest or object hash rendered as lowercase hex."""
 
 DIGEST_SIZE = 32
 _FORMAT = b"tensorcask-sample-v1\0"

@@ -210,7 +210,7 @@ class ColumnTable:
     def location(self, i: int) -> Location:
         """The location of record ``i`` (CorruptionError if it could not be resolved)."""
         if self.damaged is not None and i in self.damaged:
-            raise self.damaged[i]
+            raise self.damaged[i].again()
         if self.segments is not None:
             assert self.rows is not None and self.checksums is not None
             shape = tuple(d for d in self.schema.shape or () if d is not None)
@@ -235,7 +235,7 @@ class ColumnTable:
         if self.damaged is not None:
             bad = np.isin(records, np.fromiter(self.damaged, np.intp, len(self.damaged)))
             if bad.any():
-                raise self.damaged[int(records[int(np.flatnonzero(bad)[0])])]
+                raise self.damaged[int(records[int(np.flatnonzero(bad)[0])])].again()
 
     def read_stacked(self, store: ContentStore, records: np.ndarray) -> np.ndarray:
         """The rows of ``records`` as one fresh array, checksums verified.

@@ -15,6 +15,7 @@ from .history.objects import ColumnRoot, CommitId, RecordRoot
 from .history.refs import HEADS, TAGS
 from .history.tree import EMPTY_ROOT, Node, decode_node
 from .keys import decode_key
+from .layout import DATA_DIR
 from .samples import prepare_one
 from .storage.base import Location
 from .storage.content import ContentStore
@@ -304,7 +305,7 @@ def collect_garbage(repo: Repository, progress: Progress | None = None) -> GCRep
                 if bytes(key) not in live:
                     db.delete(txn, table, bytes(key))
                     setattr(report, attr, getattr(report, attr) + 1)
-    store = ContentStore(repo.path / "data", db, writable=True)
+    store = ContentStore(repo.path / DATA_DIR, db, writable=True)
     try:
         report.samples = store.index.retain(live_digests)
         with db.read() as txn:

@@ -10,6 +10,8 @@ On-disk layout of a repository directory::
     index/          run files of the content index
     cache/          checksummed column tables (rebuildable; see table_cache.py)
     writer.lock     the writer lock (holder info inside)
+
+Each name is defined once, in :mod:`tensorcask.layout`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from .errors import (
     ConcurrentUpdateError,
     MergeConflictError,
     ReadOnlyError,
+    RefNotFoundError,
     RepositoryNotFoundError,
 )
 from .history.diff import Diff, diff_columns
@@ -40,6 +43,7 @@ from .history.refs import HEADS, TAGS
 from .history.staging import Staging
 from .history.store import History
 from .keys import utf8, validate_ref_name
+from .layout import CACHE_DIR, DATA_DIR, FORMAT_FILE, META_DIR, WRITER_LOCK_FILE
 from .locations import ColumnTable, ColumnTables
 from .maintenance import GCReport, Progress, VerifyReport, collect_garbage, verify_repository
 from .storage.content import ContentStore
@@ -49,8 +53,6 @@ from .table_cache import TableCache
 
 __all__ = ["Repository", "init"]
 
-FORMAT_FILE = "TENSORCASK"
-CACHE_DIR = "cache"
 DEFAULT_TABLE_CACHE_BYTES = 256 << 20
 FORMAT_VERSION = 1
 """The newest repository format this tensorcask reads and writes."""
@@ -161,7 +163,10 @@ def init(
     if (root / FORMAT_FILE).exists():
         if exist_ok:
             return Repository(root)
-        raise CaskError(f"a tensorcask repository already exists at {root}")
+        raise CaskError(
+            f"a tensorcask repository already exists at {root}; open it as it is, or "
+            "choose another path"
+        )
     if root.exists() and any(root.iterdir()):
         raise CaskError(f"{root} exists and is not empty; choose an empty or new directory")
     default_name, default_email = _default_identity()
@@ -174,8 +179,8 @@ def init(
             f"cannot create a repository at {root}: {exc.filename or root} is in the way "
             "(a file where a directory should be); choose another path"
         ) from exc
-    (root / "data").mkdir(exist_ok=True)
-    db = MetaDB(root / "meta", create=True)
+    (root / DATA_DIR).mkdir(exist_ok=True)
+    db = MetaDB(root / META_DIR, create=True)
     with db.write() as txn:
         db.put_json(
             txn,
@@ -219,7 +224,7 @@ class Repository:
         self._db = open_metadata(self.path, read_only=read_only)
         self._history = History(self._db)
         self._staging = Staging(self._db)
-        self._reader_store = ContentStore(self.path / "data", self._db, writable=False)
+        self._reader_store = ContentStore(self.path / DATA_DIR, self._db, writable=False)
         self._tables = ColumnTables(
             self._history.tree,
             self._reader_store,
@@ -349,9 +354,7 @@ class Repository:
         with self._db.read() as txn:
             return self._history.refs.listing(txn, TAGS)
 
-    def _no_branch(self, name: str) -> CaskError:
-        from .errors import RefNotFoundError
-
+    def _no_branch(self, name: str) -> RefNotFoundError:
         known = ", ".join(sorted(self.branches)) or "none yet: make a first commit"
         return RefNotFoundError(f"no branch named {name!r} (branches: {known})")
 
@@ -380,8 +383,10 @@ class Repository:
         ``name`` follows git's ref-name rules (``feature/x`` is fine; ``..``,
         spaces, control characters, a leading ``-``, ``HEAD`` and more are
         not) and may not be 4 to 40 hex digits; a malformed name raises
-        ``ValueError``. A name already used by a tag, or a branch ``a`` next
-        to ``a/b``, raises :class:`~tensorcask.errors.CaskError`.
+        ``ValueError``. A name already used by a branch or a tag, or a branch
+        ``a`` next to ``a/b``, raises :class:`~tensorcask.errors.CaskError`;
+        a ``base`` that names nothing raises
+        :class:`~tensorcask.errors.RefNotFoundError`.
         """
         self._require_writable("create a branch")
         validate_ref_name(name, "branch name")
@@ -389,7 +394,10 @@ class Repository:
         with self._db.write() as txn:
             refs = self._history.refs
             if refs.get(txn, HEADS + name) is not None:
-                raise CaskError(f"branch {name!r} already exists")
+                raise CaskError(
+                    f"branch {name!r} already exists; choose another name, or delete it first "
+                    f"with repo.delete_branch({name!r})"
+                )
             refs.check_new(txn, HEADS, name)
             refs.set_if_equals(txn, HEADS + name, None, target)
         return target
@@ -415,7 +423,9 @@ class Repository:
             )
         with self._db.write() as txn:
             if not self._history.refs.set_if_equals(txn, HEADS + name, head, None):
-                raise CaskError(f"branch {name!r} moved while being deleted; try again")
+                raise ConcurrentUpdateError(
+                    f"branch {name!r} moved while being deleted; nothing was deleted: try again"
+                )
         return head
 
     def create_tag(self, name: str, ref: str) -> CommitId:
@@ -482,7 +492,7 @@ class Repository:
                 raise TypeError(f"the merge message must be a str, not {type(message).__name__}")
             utf8(message, "merge message")
         self._require_writable("merge")
-        with WriterLock(self.path / "writer.lock"):
+        with WriterLock(self.path / WRITER_LOCK_FILE):
             return self._merge_locked(source, into, message)
 
     def _merge_locked(self, source: str, into: str, message: str | None) -> CommitId:
@@ -578,7 +588,7 @@ class Repository:
         Takes the writer lock for its duration. ``progress`` as for :meth:`verify`.
         """
         self._require_writable("run gc")
-        with WriterLock(self.path / "writer.lock"):
+        with WriterLock(self.path / WRITER_LOCK_FILE):
             return collect_garbage(self, progress)
 
     def force_release_writer_lock(self) -> dict[str, Any] | None:
@@ -588,7 +598,7 @@ class Repository:
         later writes and commits fail with :class:`~tensorcask.errors.WriterLockError`.
         """
         self._require_writable("release the writer lock")
-        return force_release(self.path / "writer.lock")
+        return force_release(self.path / WRITER_LOCK_FILE)
 
     def _column_table(self, root: ColumnRoot) -> ColumnTable:
         """The resolved table of a committed column (memory, then disk cache, then built)."""
@@ -624,7 +634,7 @@ class Repository:
         configured = self.config.get("table_cache_limit")
         if isinstance(configured, int):
             return configured
-        return max(DEFAULT_TABLE_CACHE_BYTES, 2 * _tree_bytes(self.path / "data"))
+        return max(DEFAULT_TABLE_CACHE_BYTES, 2 * _tree_bytes(self.path / DATA_DIR))
 
     def disk_usage(self) -> int:
         """Bytes used by the repository directory."""

@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 CACHE_FORMAT = 2
-PIECES_PER_ARRAY = 64
+PIECES_PER_ARRAY = 16
 """An array is cut into about this many pieces: fine enough that a small change
 leaves most of them shared, few enough that opening a table maps them fast."""
 _ORPHAN_GRACE_S = 3600.0  # a piece no manifest names yet may belong to a save in progress
@@ -134,7 +134,7 @@ def _round_up(n: int) -> int:
 
 
 def _map_side_by_side(
-    paths: list[Path], sizes: list[int], total: int, step: int
+    paths: list[str], sizes: list[int], total: int, step: int
 ) -> memoryview | None:
     """One read-only buffer over ``paths`` laid end to end, or None if unsupported."""
     libc = _load_libc()
@@ -151,7 +151,7 @@ def _map_side_by_side(
         fd = os.open(path, os.O_RDONLY)
         try:
             if os.fstat(fd).st_size != size:
-                raise _Damaged(f"{path} has the wrong size", path)
+                raise _Damaged(f"{path} has the wrong size", Path(path))
             flags = mmap.MAP_SHARED | _MAP_FIXED
             if libc.mmap(base + offset, size, mmap.PROT_READ, flags, fd, 0) != base + offset:
                 return None
@@ -161,14 +161,14 @@ def _map_side_by_side(
     return memoryview(buffer).cast("B")
 
 
-def _read_end_to_end(paths: list[Path], sizes: list[int], total: int) -> memoryview:
+def _read_end_to_end(paths: list[str], sizes: list[int], total: int) -> memoryview:
     out = bytearray(total)
     view = memoryview(out)
     offset = 0
     for path, size in zip(paths, sizes, strict=True):
         with open(path, "rb") as f:
             if f.readinto(view[offset : offset + size]) != size or f.read(1):
-                raise _Damaged(f"{path} has the wrong size", path)
+                raise _Damaged(f"{path} has the wrong size", Path(path))
         offset += size
     return view
 
@@ -337,14 +337,15 @@ class TableCache:
         sizes = [step] * (len(pieces) - 1) + [total - step * (len(pieces) - 1)]
         if sizes[-1] <= 0 or sizes[-1] > step:
             raise _Damaged("a manifest's pieces do not add up to its array")
-        paths = [self._piece(p) for p in pieces]
+        folder = str(self.pieces)  # plain strings: pathlib costs more than mmap here
+        paths = [os.path.join(folder, p[:2], p[2:]) for p in pieces]
         view = _map_side_by_side(paths, sizes, total, step)
         if view is None:
             view = _read_end_to_end(paths, sizes, total)
         offset = 0
         for piece, path, size in zip(pieces, paths, sizes, strict=True):
             if _piece_name(view[offset : offset + size]) != piece:
-                raise _Damaged(f"{path} fails its checksum", path)
+                raise _Damaged(f"{path} fails its checksum", Path(path))
             offset += size
         array = np.frombuffer(view, dtype).reshape(shape)
         array.flags.writeable = False

@@ -33,7 +33,6 @@ __all__ = [
 CommitId = NewType("CommitId", str)
 """A full commit id: 40 lowercase hex digits."""
 
-KINDS = ("ndarray", "str", "bytes")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 

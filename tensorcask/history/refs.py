@@ -48,7 +48,7 @@ class Refs:
         if raw is None:
             return None
         if len(raw) != 20:
-            where = str(self.db.path / "data.mdb")
+            where = self.db.data_file
             raise CorruptionError(
                 f"ref {name!r} in {where} is damaged (it holds {len(raw)} bytes, not a 20-byte "
                 "commit id); restore the repository from a clone or backup",

@@ -24,7 +24,6 @@ import lmdb
 
 from ..errors import CorruptionError
 from ..storage.db import MetaDB
-from .objects import ColumnSchema
 from .tree import Edit
 
 __all__ = ["DELETED", "Staging", "StagingState"]
@@ -40,13 +39,6 @@ class StagingState:
     branch: str
     base: str | None
     columns: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def added_schema(self, name: str) -> ColumnSchema | None:
-        """Schema of a column created in staging, if it was."""
-        op = self.columns.get(name)
-        if op is not None and op["op"] == "add":
-            return ColumnSchema.from_dict(op["schema"])
-        return None
 
 
 class Staging:
@@ -118,7 +110,7 @@ class Staging:
     def _checked(self, value: bytes) -> bytes:
         """A staged value: a 32-byte digest or ``DELETED`` (anything else is damage)."""
         if len(value) not in (0, 32):
-            where = str(self.db.path / "data.mdb")
+            where = self.db.data_file
             raise CorruptionError(
                 f"a staged record in {where} is damaged; reset the staging area "
                 "(co.reset_staging_area()) and write the changes again",

@@ -46,7 +46,7 @@ class History:
 
     def _checked(self, key: bytes, data: bytes | None) -> bytes:
         """An object's bytes, once they hash to its name (nothing is decoded unchecked)."""
-        where = str(self.db.path / "data.mdb")
+        where = self.db.data_file
         if data is None:
             raise CorruptionError(
                 f"history object {key.hex()} is missing from {where}; the repository is "
@@ -75,9 +75,9 @@ class History:
                 )
             if commit_id_of(data) != commit_id:  # checked before anything is decoded
                 raise CorruptionError(
-                    f"commit {commit_id} in {self.db.path / 'data.mdb'} does not hash to its id; "
+                    f"commit {commit_id} in {self.db.data_file} does not hash to its id; "
                     f"the repository at {self.db.path.parent} is damaged",
-                    path=str(self.db.path / "data.mdb"),
+                    path=self.db.data_file,
                 )
             commit = Commit.from_bytes(data)
             self._commits[commit_id] = commit

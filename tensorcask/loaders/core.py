@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CaskError, CorruptionError, sample_error
+from ..errors import CorruptionError, RefNotFoundError, sample_error
 from ..history.objects import ColumnRoot, CommitId
 from ..keys import Key, decode_key, encode_keys
 from ..locations import ColumnTable
@@ -134,8 +134,9 @@ class RepoSource:
         if commit is None:
             head = opened.branches.get(opened.current_branch)
             if head is None:
-                raise CaskError(
-                    f"branch {opened.current_branch!r} of {self.path} has no commits yet"
+                raise RefNotFoundError(
+                    f"branch {opened.current_branch!r} of {self.path} has no commits yet; "
+                    "commit samples first, or pass commit= to read another ref"
                 )
             self.commit: CommitId = head
         else:

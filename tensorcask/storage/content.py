@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import CorruptionError, ReadOnlyError
 from ..hashing import Digest
+from ..layout import INDEX_DIR
 from .backends import open_backend
 from .base import Backend, Location, Payload
 from .db import MetaDB
@@ -48,7 +49,7 @@ class ContentStore:
         self._backends: dict[tuple[str, str | None], Backend] = {}
         self._owner: dict[tuple[str, int], Backend] = {}
         self._locations: dict[bytes, Location] = {}
-        self.index = ContentIndex(db, self.data_dir.parent / "index")
+        self.index = ContentIndex(db, self.data_dir.parent / INDEX_DIR)
 
     def backend(self, name: str, compression: str | None = None) -> Backend:
         """The backend instance for ``name`` (and compression), opened lazily."""
@@ -128,9 +129,16 @@ class ContentStore:
         run of the index is damaged (which may be why).
         """
         loc = self._locations.get(digest)
-        if loc is None:
-            return self.locate_many([digest])[0]
-        return loc
+        if loc is not None:
+            return loc
+        with self.db.read() as txn:  # the per-sample read path: no list work
+            raw = self.index.lookup(txn, (digest,))[0]
+            if isinstance(raw, bytes):
+                return self._remember(digest, raw)
+            damage = raw if raw is not None else self.index.damaged_run(txn)
+        if damage is not None:
+            raise damage
+        return None
 
     def locate_many(self, digests: Sequence[bytes]) -> list[Location | None]:
         """Locations of several digests (one snapshot for the uncached ones); see :meth:`locate`."""

@@ -48,6 +48,7 @@ import lmdb
 from xxhash import xxh3_64_intdigest
 
 from ..errors import CaskError, CorruptionError, ReadOnlyError
+from ..layout import LMDB_DATA_FILE, LMDB_LOCK_FILE
 
 __all__ = ["TABLES", "Identity", "MetaDB", "check_meta_pages", "identity_of", "lock_writable"]
 
@@ -77,7 +78,7 @@ class _Shared:
 def identity_of(path: Path) -> Identity | None:
     """``(st_dev, st_ino)`` of the environment's data file, or None if it is missing."""
     try:
-        st = os.stat(path / "data.mdb")
+        st = os.stat(path / LMDB_DATA_FILE)
     except (FileNotFoundError, NotADirectoryError):
         return None
     return st.st_dev, st.st_ino
@@ -94,7 +95,7 @@ def lock_writable(path: Path) -> bool:
     written (a read-only mount, another user's repository) the environment
     must be opened with ``lock=False`` instead.
     """
-    lock = path / "lock.mdb"
+    lock = path / LMDB_LOCK_FILE
     if os.path.exists(lock):
         return _writable(lock)
     return False  # creating it would write into a repository opened read-only
@@ -120,14 +121,14 @@ def _acquire_env(path: Path, create: bool, readonly: bool) -> _Shared:
             raise CorruptionError(
                 f"{path / 'data.mdb'} is missing: the repository at {path.parent} is incomplete, "
                 "or was removed while being opened",
-                path=str(path / "data.mdb"),
+                path=str(path / LMDB_DATA_FILE),
             )
         found = None if before is None else _OPEN.get((pid, *before))
         if found is None:
             try:
                 env = _open_env(path, create, readonly)
             except lmdb.Error as error:
-                raise _as_damage(path / "data.mdb", error) from error
+                raise _as_damage(path / LMDB_DATA_FILE, error) from error
             after = identity_of(path)
             if after is None or (before is not None and after != before):
                 env.close()
@@ -226,7 +227,7 @@ def _meta_damaged(data_file: Path, why: str) -> CorruptionError:
 
 
 def _open_env(path: Path, create: bool, readonly: bool) -> lmdb.Environment:
-    check_meta_pages(path / "data.mdb")
+    check_meta_pages(path / LMDB_DATA_FILE)
     options: dict[str, Any] = {
         "map_size": _MAP_SIZE,
         "max_dbs": len(TABLES) + 2,
@@ -272,17 +273,19 @@ class MetaDB:
         read-only).
     read_only_reason:
         Why, for the :class:`~tensorcask.errors.ReadOnlyError` message.
+    data_file:
+        The environment's ``data.mdb``, for error messages.
     identity:
         ``(st_dev, st_ino)`` of the ``data.mdb`` this handle opened.
     """
 
     def __init__(self, path: Path, *, create: bool = False, readonly: bool = False) -> None:
         self.path = Path(path)
-        self._data_file = str(self.path / "data.mdb")
+        self.data_file: str = str(self.path / LMDB_DATA_FILE)
         self._closed = False
-        lock = self.path / "lock.mdb"
+        lock = self.path / LMDB_LOCK_FILE
         env_readonly = readonly and not (
-            _writable(self._data_file) and _writable(lock if lock.exists() else self.path)
+            _writable(self.data_file) and _writable(lock if lock.exists() else self.path)
         )
         self._shared = _acquire_env(self.path, create, env_readonly)
         self.env = self._shared.env
@@ -293,7 +296,7 @@ class MetaDB:
             self.tables = {name: self.env.open_db(name.encode(), create=create) for name in TABLES}
         except lmdb.Error as error:
             self.close()
-            raise _as_damage(Path(self._data_file), error) from error
+            raise _as_damage(Path(self.data_file), error) from error
         except BaseException:
             self.close()
             raise
@@ -312,7 +315,7 @@ class MetaDB:
         and a new repository created at the same path) since it was opened.
         """
         try:
-            st = os.stat(self._data_file)
+            st = os.stat(self.data_file)
             now: Identity | None = (st.st_dev, st.st_ino)
         except (FileNotFoundError, NotADirectoryError):
             now = None
@@ -387,7 +390,7 @@ class MetaDB:
             raise self._damaged_json(key, "is not readable") from None
 
     def _damaged_json(self, key: str, why: str) -> CorruptionError:
-        where = str(self.path / "data.mdb")
+        where = self.data_file
         return CorruptionError(
             f"the {key!r} document of the metadata in {where} {why}; the repository is "
             "damaged: restore it from a clone or backup",
@@ -400,7 +403,7 @@ class MetaDB:
 
     def disk_usage(self) -> int:
         """Bytes used by the environment's data file."""
-        data = self.path / "data.mdb"
+        data = Path(self.data_file)
         return data.stat().st_size if data.exists() else 0
 
 

@@ -354,7 +354,7 @@ class ContentIndex:
         """The listed runs of this snapshot, opened (a damaged one raises)."""
         runs, broken = self._opened_runs(txn)
         if broken:
-            raise broken[0]
+            raise broken[0].again()
         return runs
 
     def _opened_runs(self, txn: lmdb.Transaction) -> tuple[list[Run], list[CorruptionError]]:
@@ -390,7 +390,7 @@ class ContentIndex:
                 i = run.find_one(digest)
                 if i >= 0:
                     return [run.location(i)]
-            return [broken[0] if broken else None]
+            return [broken[0].again() if broken else None]
         cursor = txn.cursor(db=table)
         if len(digests) > int(txn.stat(table)["entries"]):
             recent = cast(dict[bytes, bytes], dict(cursor.iternext()))  # one scan beats probes
@@ -413,19 +413,19 @@ class ContentIndex:
                 if not todo.size:
                     break
         if broken:
-            return [found.get(d, broken[0]) for d in digests]
+            return [found.get(d) or broken[0].again() for d in digests]
         return [found.get(d) for d in digests]
 
     @property
     def recent_where(self) -> str:
         """The file holding the recent table (for error messages)."""
-        return str(self.db.path / "data.mdb")
+        return self.db.data_file
 
     def damaged_run(self, txn: lmdb.Transaction) -> CorruptionError | None:
         """The first listed run that is damaged, if any (explains a missing digest)."""
         runs, broken = self._opened_runs(txn)
         if broken:
-            return broken[0]
+            return broken[0].again()
         for run in runs:
             damage = run.check()
             if damage is not None:

@@ -30,6 +30,7 @@ import lmdb
 import xxhash
 
 from tensorcask.errors import CaskError, CorruptionError, ReadOnlyError
+from tensorcask.layout import LMDB_DATA_FILE
 from tensorcask.storage.base import Backend, Location, Payload
 from tensorcask.storage.db import Identity, check_meta_pages, identity_of, lock_writable
 from tensorcask.storage.memory import payload_bytes, payload_from_bytes
@@ -74,7 +75,7 @@ def _open_lmdb(root: Path, readonly: bool) -> Any:
 
 
 def _open_env(root: Path, readonly: bool, expected: Identity | None) -> _Env:
-    check_meta_pages(root / "data.mdb")  # before LMDB trusts them
+    check_meta_pages(root / LMDB_DATA_FILE)  # before LMDB trusts them
     env = _open_lmdb(root, readonly)
     try:
         identity = identity_of(root)
@@ -161,7 +162,7 @@ class LMDBBackend(Backend):
             # parent goes on writing its segment, so take a new one.
             self._shared = None
             self.seal()
-        path = str(self.root / "data.mdb")
+        path = str(self.root / LMDB_DATA_FILE)
         if not self.writable and not os.path.exists(path):
             raise CorruptionError(f"no LMDB environment at {self.root}", path=path)
         try:
@@ -244,11 +245,11 @@ class LMDBBackend(Backend):
 
     def path_of(self, location: Location) -> str:
         """Path of the environment's data file."""
-        return str(self.root / "data.mdb")
+        return str(self.root / LMDB_DATA_FILE)
 
     def segments(self) -> list[int]:
         """Numbers of the segments holding at least one payload."""
-        if not self.writable and not (self.root / "data.mdb").exists():
+        if not self.writable and not (self.root / LMDB_DATA_FILE).exists():
             return []
         shared = self._handle()
         numbers: list[int] = []

@@ -42,10 +42,7 @@ from typing import Any
 
 from tensorcask.errors import WriterLockError
 
-__all__ = ["LOCK_FILE_NAME", "WriterLock", "force_release", "holder_is_dead", "read_holder"]
-
-LOCK_FILE_NAME = "writer.lock"
-"""Name of the lock file inside a repository directory."""
+__all__ = ["WriterLock", "force_release", "holder_is_dead", "read_holder"]
 
 _REMEDY = (
     "Close that checkout; if that process is gone or stuck, call "
