@@ -225,7 +225,9 @@ class ColumnTable:
         if self._locations is None:
             raw = _split(self._arrays["locations"], self._arrays["location_lengths"])
             self._locations = [
-                _decode(r) if self.damaged is None or n not in self.damaged else _PLACEHOLDER
+                Location.from_bytes(r)
+                if self.damaged is None or n not in self.damaged
+                else _PLACEHOLDER
                 for n, r in enumerate(raw)
             ]
         return self._locations[i]
@@ -316,10 +318,6 @@ class ColumnTables:
 
 
 _PLACEHOLDER = Location("memory", 0, 0, "blob", (0,), 0)
-
-
-def _decode(raw: bytes) -> Location:
-    return Location.from_bytes(raw)
 
 
 def _missing(digest: bytes) -> CorruptionError:

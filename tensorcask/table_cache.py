@@ -35,6 +35,7 @@ import ctypes
 import json
 import mmap
 import os
+import shutil
 import sys
 import time
 import uuid
@@ -420,7 +421,7 @@ class TableCache:
             return out
         for path in self.tables.iterdir():
             if path.is_dir():  # a table folder of an older cache format: stale
-                _remove_tree(path)
+                shutil.rmtree(path, ignore_errors=True)
                 continue
             if path.suffix != ".json" or path.name.startswith("."):
                 if time.time() - _mtime(path) > _ORPHAN_GRACE_S:
@@ -449,10 +450,6 @@ class TableCache:
                     st = entry.stat()
                     out[folder.name + entry.name] = (st.st_size, st.st_mtime)
         return out
-
-    def usage(self) -> int:
-        """Bytes of pieces on disk."""
-        return sum(size for size, _ in self._piece_sizes().values())
 
     def enforce_limit(self, keep: str | None = None) -> None:
         """Drop least recently used tables until the pieces fit :attr:`limit`."""
@@ -496,7 +493,7 @@ class TableCache:
             # still writing its manifest; pieces we just dropped go at once.
             if refs.get(piece, 0) == 0 and (piece in dropped or now - mtime > _ORPHAN_GRACE_S):
                 with contextlib.suppress(OSError):
-                    (self.pieces / piece[:2] / piece[2:]).unlink()
+                    self._piece(piece).unlink()
         return removed
 
     def retain(self, live: Iterable[str]) -> int:
@@ -536,9 +533,3 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except OSError:
         return 0.0
-
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
