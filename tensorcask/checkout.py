@@ -10,13 +10,13 @@ it, raises :class:`~tensorcask.errors.CheckoutClosedError`.
 from __future__ import annotations
 
 from collections.abc import Iterator, MutableMapping, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, cast
+from typing import Any, NoReturn, cast
 
 import numpy as np
 
+from .columns import Column, ColumnContext, StagingSink
 from .errors import (
     CaskError,
-    CheckoutClosedError,
     ConcurrentUpdateError,
     ReadOnlyError,
     RefNotFoundError,
@@ -25,18 +25,15 @@ from .errors import (
 from .hashing import canonical_dtype
 from .history.diff import Diff, diff_columns
 from .history.objects import ColumnRoot, ColumnSchema, CommitId
+from .history.objectstore import WriteBatch
 from .history.refs import HEADS
 from .history.staging import DELETED, StagingState
 from .history.tree import EMPTY_ROOT
 from .keys import utf8, validate_name, validate_ref_name
-from .layout import DATA_DIR, WRITER_LOCK_FILE
+from .parts import RepositoryParts
 from .storage.base import Payload
 from .storage.content import ContentStore
 from .storage.lock import WriterLock
-
-if TYPE_CHECKING:
-    from .columns import Column
-    from .repository import Repository
 
 __all__ = ["Checkout", "Columns", "ReadCheckout", "WriteCheckout"]
 
@@ -132,30 +129,32 @@ class Checkout:
 
     writable = False
 
-    def __init__(self, repo: Repository, commit: CommitId | None, store: ContentStore) -> None:
-        self._repo = repo
-        self._db = repo._db
-        self._history = repo._history
-        self._staging = repo._staging
+    def __init__(
+        self,
+        parts: RepositoryParts,
+        commit: CommitId | None,
+        store: ContentStore,
+        sink: StagingSink | None = None,
+    ) -> None:
+        self._parts = parts
+        self._db = parts.db
+        self._history = parts.history
+        self._staging = parts.staging
         self._store = store
+        self._context = ColumnContext(parts, store, sink)
         self.commit_id = commit
-        self.closed = False
-        self._columns: dict[str, Column] = {}
-        self._load_columns(commit)
-
-    def _load_columns(self, commit: CommitId | None) -> None:
-        from .columns import Column
-
-        self._columns = {
-            name: Column(self, name, root.schema, root.tree, root.count)
+        self._columns: dict[str, Column] = {
+            name: Column(self._context, name, root.schema, root.tree, root.count)
             for name, root in self._history.columns(commit).items()
         }
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._context.closed
+
     def _check_open(self) -> None:
-        if self.closed:
-            raise CheckoutClosedError(
-                "this checkout is closed; open a new one with repo.checkout()"
-            )
+        self._context.check_open()
 
     @property
     def columns(self) -> Columns:
@@ -177,7 +176,7 @@ class Checkout:
 
     def close(self) -> None:
         """Release the checkout. Idempotent."""
-        self.closed = True
+        self._context.closed = True
 
     def __enter__(self) -> Checkout:
         self._check_open()
@@ -200,8 +199,8 @@ class ReadCheckout(Checkout):
         The full id of the commit it is pinned to (None for an empty history).
     """
 
-    def __init__(self, repo: Repository, commit: CommitId | None) -> None:
-        super().__init__(repo, commit, repo._reader_store)
+    def __init__(self, parts: RepositoryParts, commit: CommitId | None) -> None:
+        super().__init__(parts, commit, parts.store)
 
     def __enter__(self) -> ReadCheckout:
         self._check_open()
@@ -246,6 +245,30 @@ class ReadCheckout(Checkout):
         self._refuse("reset the staging area")
 
 
+class _Sink:
+    """The staging sink a write checkout hands its columns (see :class:`StagingSink`)."""
+
+    __slots__ = ("_checkout",)
+
+    def __init__(self, checkout: WriteCheckout) -> None:
+        self._checkout = checkout
+
+    def write(
+        self,
+        column: Column,
+        raw_keys: list[bytes],
+        payloads: np.ndarray | list[Payload],
+        digests: list[Any],
+    ) -> None:
+        self._checkout._write(column, raw_keys, payloads, digests)
+
+    def delete(self, column: Column, raw_key: bytes, *, staged_only: bool) -> None:
+        self._checkout._delete(column, raw_key, staged_only=staged_only)
+
+    def check_column(self, column: Column) -> None:
+        self._checkout._check_column(column)
+
+
 class WriteCheckout(Checkout):
     """The single writer of one branch.
 
@@ -259,34 +282,33 @@ class WriteCheckout(Checkout):
 
     writable = True
 
-    def __init__(self, repo: Repository, branch: str) -> None:
+    def __init__(self, parts: RepositoryParts, branch: str) -> None:
         if not isinstance(branch, str):
             raise TypeError(f"branch name must be a str, not {type(branch).__name__}")
-        repo._require_writable("open a write checkout")
-        with repo._db.read() as txn:
-            exists = repo._history.refs.get(txn, HEADS + branch) is not None
-        if not exists:  # a new branch; an existing one keeps working whatever its name
+        parts.require_writable("open a write checkout")
+        if parts.head(branch) is None:  # a new branch; an existing one keeps any old name
             validate_ref_name(branch, "branch name")
         self.branch = branch
-        self._lock = WriterLock(repo.path / WRITER_LOCK_FILE)
+        self._lock: WriterLock = parts.writer_lock()
         self._lock.acquire(f"write checkout of branch {branch!r}")
         try:
-            state = self._open_staging(repo, branch)
-            store = ContentStore(repo.path / DATA_DIR, repo._db, writable=True)
-            super().__init__(repo, CommitId(state.base) if state.base else None, store)
+            state = self._open_staging(parts, branch)
+            store = parts.writable_store()
+            base = CommitId(state.base) if state.base else None
+            super().__init__(parts, base, store, _Sink(self))
             self._apply_staged_columns(state)
         except BaseException:
             self._lock.release()
             raise
 
     @staticmethod
-    def _open_staging(repo: Repository, branch: str) -> StagingState:
-        db, staging, refs = repo._db, repo._staging, repo._history.refs
-        with db.write() as txn:
-            head = refs.get(txn, HEADS + branch)
+    def _open_staging(parts: RepositoryParts, branch: str) -> StagingState:
+        staging, refs = parts.staging, parts.refs
+        with parts.db.write() as txn:
+            head = refs.get(HEADS + branch)
             if head is None:
-                refs.check_new(txn, HEADS, branch)
-            if head is None and refs.listing(txn, HEADS):
+                refs.check_new(HEADS, branch)
+            if head is None and refs.listing(HEADS):
                 raise RefNotFoundError(
                     f"branch {branch!r} does not exist; create it first with "
                     f"repo.create_branch({branch!r}) (or `tensorcask branch {branch}`)"
@@ -306,18 +328,16 @@ class WriteCheckout(Checkout):
             else:
                 state = StagingState(branch, head, {})
                 staging.save_state(txn, state)
-            refs.set_current_branch(txn, branch)
+            refs.set_current_branch(branch)
         return state
 
     def _apply_staged_columns(self, state: StagingState) -> None:
-        from .columns import Column
-
         for name, op in state.columns.items():
             if op["op"] == "delete":
                 self._columns.pop(name, None)
             else:
                 schema = ColumnSchema.from_dict(op["schema"])
-                self._columns[name] = Column(self, name, schema, EMPTY_ROOT, 0)
+                self._columns[name] = Column(self._context, name, schema, EMPTY_ROOT, 0)
 
     def __enter__(self) -> WriteCheckout:
         self._check_open()
@@ -410,8 +430,6 @@ class WriteCheckout(Checkout):
         return self._add_column(name, ColumnSchema("bytes"))
 
     def _add_column(self, name: str, schema: ColumnSchema) -> Column:
-        from .columns import Column
-
         self._check_open()
         validate_name(name)
         if name in self._columns:
@@ -423,7 +441,7 @@ class WriteCheckout(Checkout):
             self._staging.drop_column(txn, name)
             state.columns[name] = {"op": "add", "schema": schema.to_dict()}
             self._staging.save_state(txn, state)
-        column = Column(self, name, schema, EMPTY_ROOT, 0)
+        column = Column(self._context, name, schema, EMPTY_ROOT, 0)
         self._columns[name] = column
         return column
 
@@ -482,7 +500,7 @@ class WriteCheckout(Checkout):
 
     def _flush_all(self) -> None:
         for column in self._columns.values():
-            column._flush()
+            column.flush()
 
     # -- commit / reset --------------------------------------------------
 
@@ -499,20 +517,21 @@ class WriteCheckout(Checkout):
         self._flush_all()
         self._db.check_identity()
         self._lock.check_owned()
-        roots = self._staged_roots(require_changes=True)
+        batch = WriteBatch()
+        roots = self._staged_roots(batch, require_changes=True)
         history = self._history
-        config = self._repo.config
-        with self._db.write() as txn:
-            parents = (self.commit_id,) if self.commit_id else ()
-            commit = history.new_commit(
-                txn,
-                parents=parents,
-                columns=roots,
-                author=config["user_name"],
-                email=config["user_email"],
-                message=message,
-            )
-            if not history.refs.set_if_equals(txn, HEADS + self.branch, self.commit_id, commit.id):
+        config = self._parts.config()
+        commit = history.new_commit(
+            batch,
+            parents=(self.commit_id,) if self.commit_id else (),
+            columns=roots,
+            author=config["user_name"],
+            email=config["user_email"],
+            message=message,
+        )
+        with self._db.write() as txn:  # objects, ref and staging: one transaction
+            history.objects.write(batch)
+            if not history.refs.set_if_equals(HEADS + self.branch, self.commit_id, commit.id):
                 raise ConcurrentUpdateError(
                     f"branch {self.branch!r} moved while this checkout was writing; "
                     "reset the staging area and reapply the changes"
@@ -523,13 +542,13 @@ class WriteCheckout(Checkout):
         self._reload_columns(roots)
         return commit.id
 
-    def _staged_roots(self, *, require_changes: bool) -> dict[str, ColumnRoot]:
+    def _staged_roots(self, batch: WriteBatch, *, require_changes: bool) -> dict[str, ColumnRoot]:
         """The column roots a commit of the staged changes would record.
 
-        New record pages land in the tree's pending set; only a commit
-        persists them.
+        New record pages go into ``batch``; only a commit stores them.
         """
         history = self._history
+        tree = history.tree.with_batch(batch)
         with self._db.read() as txn:
             state = self._state(txn)
             edits = self._staging.all_edits(txn)
@@ -545,38 +564,36 @@ class WriteCheckout(Checkout):
             if name not in roots:
                 continue  # edits of a column deleted afterwards
             old = roots[name]
-            tree = history.tree.update(old.tree, column_edits)
-            roots[name] = ColumnRoot(old.schema, tree, history.tree.count(tree))
+            new_root = tree.update(old.tree, column_edits)
+            roots[name] = ColumnRoot(old.schema, new_root, tree.count(new_root))
         return roots
 
     def diff(self) -> Diff:
         """Staged changes against the base commit (flushes buffered writes)."""
         self._check_open()
         self._flush_all()
+        batch = WriteBatch()  # pages of the staged trees, read by the diff, never stored
+        staged = self._staged_roots(batch, require_changes=False)
         return diff_columns(
-            self._history.tree,
-            self._history.columns(self.commit_id),
-            self._staged_roots(require_changes=False),
+            self._history.tree.with_batch(batch), self._history.columns(self.commit_id), staged
         )
 
     def _reload_columns(self, roots: dict[str, ColumnRoot]) -> None:
-        from .columns import Column
-
         fresh: dict[str, Column] = {}
         for name, root in roots.items():
             column = self._columns.get(name)
             if column is not None and column.schema == root.schema:
-                column._rebase(root.tree, root.count)
+                column.rebase(root.tree, root.count)
                 fresh[name] = column
             else:
-                fresh[name] = Column(self, name, root.schema, root.tree, root.count)
+                fresh[name] = Column(self._context, name, root.schema, root.tree, root.count)
         self._columns = fresh
 
     def reset_staging_area(self) -> None:
         """Drop every staged change; the checkout returns to its base commit."""
         self._check_open()
         for column in self._columns.values():
-            column._buffer.clear()
+            column.rebase(EMPTY_ROOT, 0)  # drops its buffered writes
         with self._db.write() as txn:
             self._staging.clear(txn)
             self._staging.save_state(txn, StagingState(self.branch, self.commit_id, {}))
@@ -590,7 +607,7 @@ class WriteCheckout(Checkout):
             if self._lock.held:
                 self._flush_all()
         finally:
-            self.closed = True
+            self._context.closed = True
             self._store.close()
             self._lock.release()
 

@@ -14,29 +14,74 @@ batch when the block exits (or every :data:`BUFFER_SAMPLES` samples).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 
-from .errors import CorruptionError, ReadOnlyError, sample_error
+from .errors import CheckoutClosedError, CorruptionError, ReadOnlyError, sample_error
 from .hashing import Digest
 from .history.objects import ColumnRoot, ColumnSchema
 from .history.staging import DELETED
 from .keys import Key, decode_key, encode_key, encode_keys
 from .locations import ColumnTable
+from .parts import RepositoryParts
 from .samples import Value, from_payload, prepare_batch, prepare_one
 from .storage.base import Location, Payload
-from .storage.content import missing_location_error
+from .storage.content import ContentStore, missing_location_error
 
-if TYPE_CHECKING:
-    from .checkout import Checkout, WriteCheckout
-
-__all__ = ["BUFFER_SAMPLES", "Column"]
+__all__ = ["BUFFER_SAMPLES", "Column", "ColumnContext", "StagingSink"]
 
 BUFFER_SAMPLES = 8192
 _TABLE_MIN_READS = 4096
 _TABLE_SHARE = 16  # resolve a whole column once 1/16 of its size has been read
 _SINGLE_READ_WEIGHT = 8  # single reads resolve the column only after half of it was read
+
+
+class StagingSink(Protocol):
+    """Where the columns of a write checkout send their writes."""
+
+    def write(
+        self,
+        column: Column,
+        raw_keys: list[bytes],
+        payloads: np.ndarray | list[Payload],
+        digests: list[Any],
+    ) -> None:
+        """Store samples and stage their records, durably."""
+
+    def delete(self, column: Column, raw_key: bytes, *, staged_only: bool) -> None:
+        """Stage the deletion of one key (``staged_only``: it exists only staged)."""
+
+    def check_column(self, column: Column) -> None:
+        """Raise KeyError if ``column`` is no longer the checkout's column of its name."""
+
+
+class ColumnContext:
+    """What the columns of one checkout share: the repository's parts, the
+    checkout's content store, its staging sink (None: read-only), and
+    whether it is closed."""
+
+    __slots__ = ("closed", "parts", "sink", "store")
+
+    def __init__(
+        self, parts: RepositoryParts, store: ContentStore, sink: StagingSink | None
+    ) -> None:
+        self.parts = parts
+        self.store = store
+        self.sink = sink
+        self.closed = False
+
+    @property
+    def writable(self) -> bool:
+        """Whether the columns may write."""
+        return self.sink is not None
+
+    def check_open(self) -> None:
+        """Raise CheckoutClosedError once the checkout is closed."""
+        if self.closed:
+            raise CheckoutClosedError(
+                "this checkout is closed; open a new one with repo.checkout()"
+            )
 
 
 class Column:
@@ -51,14 +96,14 @@ class Column:
     """
 
     def __init__(
-        self, checkout: Checkout, name: str, schema: ColumnSchema, tree: bytes, count: int
+        self, context: ColumnContext, name: str, schema: ColumnSchema, tree: bytes, count: int
     ) -> None:
-        self._co = checkout
+        self._co = context
         self.name = name
         self.schema = schema
         self._tree = tree  # record-tree root of the base commit (EMPTY_ROOT if new)
         self._base_count = count
-        self._len: int | None = None if checkout.writable else count
+        self._len: int | None = None if context.writable else count
         self._buffer: dict[bytes, tuple[Payload, Digest]] = {}
         self._depth = 0
         self._reads = 0  # keys read so far: resolving the whole column pays off past a share
@@ -89,8 +134,8 @@ class Column:
         return self.schema.max_shape
 
     @property
-    def _writer(self) -> WriteCheckout:
-        return cast("WriteCheckout", self._co)
+    def _writer(self) -> StagingSink:
+        return cast(StagingSink, self._co.sink)
 
     @property
     def writable(self) -> bool:
@@ -110,12 +155,12 @@ class Column:
     def _digest_of(self, raw_key: bytes) -> bytes | None:
         co = self._co
         if co.writable:
-            self._flush()
-            with co._db.read() as txn:
-                staged = co._staging.get(txn, self.name, raw_key)
+            self.flush()
+            with co.parts.db.read() as txn:
+                staged = co.parts.staging.get(txn, self.name, raw_key)
             if staged is not None:
                 return None if staged == DELETED else staged
-        return co._history.tree.get(self._tree, raw_key)
+        return co.parts.history.tree.get(self._tree, raw_key)
 
     def _column_table(self, reads: int) -> ColumnTable | None:
         """The resolved table of a committed column, once enough keys were read."""
@@ -126,19 +171,19 @@ class Column:
         if self._reads < _SINGLE_READ_WEIGHT * threshold:
             return None
         root = ColumnRoot(self.schema, self._tree, self._base_count)
-        self._table = self._co._repo._column_table(root)
+        self._table = self._co.parts.column_table(root)
         return self._table
 
     def _digests_of(self, raw_keys: list[bytes]) -> list[bytes | None]:
         co = self._co
-        tree = co._history.tree
+        tree = co.parts.history.tree
         if not co.writable:
             return tree.get_many(self._tree, raw_keys)
-        self._flush()
+        self.flush()
         out: list[bytes | None] = []
-        with co._db.read() as txn:
+        with co.parts.db.read() as txn:
             for k in raw_keys:
-                staged = co._staging.get(txn, self.name, k)
+                staged = co.parts.staging.get(txn, self.name, k)
                 if staged is None:
                     out.append(tree.get(self._tree, k))
                 else:
@@ -147,30 +192,29 @@ class Column:
 
     def _location(self, digest: bytes, key: object) -> Location:
         try:
-            loc = self._co._store.locate(digest)
+            loc = self._co.store.locate(digest)
         except CorruptionError as exc:
             raise sample_error(exc, self.name, key) from exc
         if loc is None:
-            raise missing_location_error(self.name, key, Digest(digest), self._co._db.path)
+            raise missing_location_error(self.name, key, Digest(digest), self._co.parts.db.path)
         return loc
 
-    def _read(self, loc: Location, key: object) -> Payload:
+    def _read(self, digest: bytes, loc: Location, key: object) -> Payload:
         try:
-            return self._co._store.read(loc)
+            return cast(list[Payload], self._co.store.fetch([digest], [loc]))[0]
         except CorruptionError as exc:
             raise sample_error(exc, self.name, key) from exc
 
     def _read_record(self, table: ColumnTable, i: int, key: object) -> Payload:
         try:
-            loc = table.location(i)
+            return table.read_one(self._co.store, i)
         except CorruptionError as exc:
             raise sample_error(exc, self.name, key) from exc
-        return self._read(loc, key)
 
     # -- reading ---------------------------------------------------------
 
     def __getitem__(self, key: Key) -> Value:
-        self._co._check_open()
+        self._co.check_open()
         raw_key = encode_key(key)
         table = self._column_table(1)  # one key weighs 1/8 of a batch key
         if table is not None:
@@ -181,7 +225,7 @@ class Column:
         digest = self._digest_of(raw_key)
         if digest is None:
             raise KeyError(f"key {key!r} is not in column {self.name!r}")
-        return from_payload(self.schema, self._read(self._location(digest, key), key))
+        return from_payload(self.schema, self._read(digest, self._location(digest, key), key))
 
     def get(self, key: Key, default: Any = None) -> Any:
         """The sample stored under ``key``, or ``default``."""
@@ -195,40 +239,42 @@ class Column:
 
         Returns one stacked array for fixed-shape ndarray columns, else a list.
         """
-        self._co._check_open()
+        self._co.check_open()
         key_list = keys.tolist() if isinstance(keys, np.ndarray) else list(keys)
         raw = encode_keys(key_list)
         table = self._column_table(_SINGLE_READ_WEIGHT * len(raw))
         if table is not None and table.segments is not None and raw:
             return self._get_many_from_table(table, key_list, raw)
-        digests = self._digests_of(raw)
-        for key, digest in zip(key_list, digests, strict=True):
+        found = self._digests_of(raw)
+        digests: list[bytes] = []
+        for key, digest in zip(key_list, found, strict=True):
             if digest is None:
                 raise KeyError(f"key {key!r} is not in column {self.name!r}")
+            digests.append(digest)
         try:
-            found = self._co._store.locate_many(digests)  # type: ignore[arg-type]
+            located = self._co.store.locate_many(digests)
         except CorruptionError:
-            found = [self._location(d, k) for d, k in zip(digests, key_list, strict=True)]  # type: ignore[arg-type]
-            raise  # not reached when a damaged entry is named above
+            for d, k in zip(digests, key_list, strict=True):
+                self._location(d, k)  # name the key whose entry is damaged
+            raise
         locs: list[Location] = []
-        for key, digest, loc in zip(key_list, digests, found, strict=True):
+        for key, digest, loc in zip(key_list, digests, located, strict=True):
             if loc is None:
-                raise missing_location_error(self.name, key, Digest(digest), self._co._db.path)  # type: ignore[arg-type]
+                raise missing_location_error(self.name, key, Digest(digest), self._co.parts.db.path)
             locs.append(loc)
-        if self.schema.kind == "ndarray" and self.schema.fixed:
-            if not locs:
-                assert self.schema.shape is not None
-                return np.empty((0, *self.schema.shape), dtype=self.schema.np_dtype)  # type: ignore[arg-type]
-            try:
-                return self._co._store.read_stacked(locs)
-            except CorruptionError:
-                for key, loc in zip(key_list, locs, strict=True):
-                    self._read(loc, key)  # name the damaged key
-                raise
-        return [
-            from_payload(self.schema, self._read(loc, key))
-            for key, loc in zip(key_list, locs, strict=True)
-        ]
+        stack = self.schema.kind == "ndarray" and self.schema.fixed
+        if stack and not locs:
+            shape = tuple(d for d in self.schema.shape or () if d is not None)
+            return np.empty((0, *shape), dtype=self.schema.np_dtype)
+        try:
+            payloads = self._co.store.fetch(digests, locs, stack=stack)
+        except CorruptionError:
+            for key, digest, loc in zip(key_list, digests, locs, strict=True):
+                self._read(digest, loc, key)  # name the damaged key
+            raise
+        if stack:
+            return cast(np.ndarray, payloads)
+        return [from_payload(self.schema, p) for p in payloads]
 
     def _get_many_from_table(
         self, table: ColumnTable, key_list: list[Any], raw: list[bytes]
@@ -238,7 +284,7 @@ class Column:
             missing = key_list[int(np.flatnonzero(positions < 0)[0])]
             raise KeyError(f"key {missing!r} is not in column {self.name!r}")
         try:
-            return table.read_stacked(self._co._store, positions)
+            return cast(np.ndarray, table.read(self._co.store, positions))
         except CorruptionError:
             for key, i in zip(key_list, positions.tolist(), strict=True):
                 self._read_record(table, i, key)  # name the damaged key
@@ -246,14 +292,14 @@ class Column:
 
     def digest(self, key: Key) -> str:
         """Hex content digest of the sample under ``key``."""
-        self._co._check_open()
+        self._co.check_open()
         digest = self._digest_of(encode_key(key))
         if digest is None:
             raise KeyError(f"key {key!r} is not in column {self.name!r}")
         return digest.hex()
 
     def __contains__(self, key: object) -> bool:
-        self._co._check_open()
+        self._co.check_open()
         try:
             raw = encode_key(key)
         except (TypeError, ValueError):
@@ -262,12 +308,12 @@ class Column:
 
     def _raw_keys(self) -> list[bytes]:
         co = self._co
-        base = [k for leaf in co._history.tree.leaves(self._tree) for k in leaf.keys]
+        base = [k for leaf in co.parts.history.tree.leaves(self._tree) for k in leaf.keys]
         if not co.writable:
             return base
-        self._flush()
-        with co._db.read() as txn:
-            edits = co._staging.edits(txn, self.name)
+        self.flush()
+        with co.parts.db.read() as txn:
+            edits = co.parts.staging.edits(txn, self.name)
         if not edits:
             return base
         deleted = {k for k, v in edits if v is None}
@@ -278,7 +324,7 @@ class Column:
 
     def keys(self) -> list[Key]:
         """Every key, in sorted order (ints before strs)."""
-        self._co._check_open()
+        self._co.check_open()
         return [decode_key(k) for k in self._raw_keys()]
 
     def __iter__(self) -> Iterator[Key]:
@@ -295,14 +341,14 @@ class Column:
             yield key, self[key]
 
     def __len__(self) -> int:
-        self._co._check_open()
+        self._co.check_open()
         if self._len is None:
-            self._flush()
+            self.flush()
             co = self._co
-            with co._db.read() as txn:
-                edits = co._staging.edits(txn, self.name)
+            with co.parts.db.read() as txn:
+                edits = co.parts.staging.edits(txn, self.name)
             n = self._base_count
-            in_base = co._history.tree.get_many(self._tree, [k for k, _ in edits])
+            in_base = co.parts.history.tree.get_many(self._tree, [k for k, _ in edits])
             for (_, value), base in zip(edits, in_base, strict=True):
                 if value is None and base is not None:
                     n -= 1
@@ -314,13 +360,13 @@ class Column:
     # -- writing ---------------------------------------------------------
 
     def _check_writable(self) -> None:
-        self._co._check_open()
+        self._co.check_open()
         if not self._co.writable:
             raise ReadOnlyError(
                 f"column {self.name!r} belongs to a read-only checkout; "
                 "open one with repo.checkout(write=True) to change it"
             )
-        self._writer._check_column(self)
+        self._writer.check_column(self)
 
     def __setitem__(self, key: Key, value: Any) -> None:
         self._check_writable()
@@ -329,9 +375,9 @@ class Column:
         if self._depth:
             self._buffer[raw_key] = (payload, digest)
             if len(self._buffer) >= BUFFER_SAMPLES:
-                self._flush()
+                self.flush()
         else:
-            self._writer._write(self, [raw_key], [payload], [digest])
+            self._writer.write(self, [raw_key], [payload], [digest])
             self._len = None
 
     def update(
@@ -356,21 +402,21 @@ class Column:
         if not raw_keys:
             return
         payloads, digests = prepare_batch(self.schema, batch, len(raw_keys), self.name)
-        self._flush()
-        self._writer._write(self, raw_keys, payloads, digests)
+        self.flush()
+        self._writer.write(self, raw_keys, payloads, digests)
         self._len = None
 
     def __delitem__(self, key: Key) -> None:
         self._check_writable()
         raw_key = encode_key(key)
-        self._flush()
+        self.flush()
         co = self._co
-        in_base = co._history.tree.get(self._tree, raw_key) is not None
-        with co._db.read() as txn:
-            staged = co._staging.get(txn, self.name, raw_key)
+        in_base = co.parts.history.tree.get(self._tree, raw_key) is not None
+        with co.parts.db.read() as txn:
+            staged = co.parts.staging.get(txn, self.name, raw_key)
         if staged == DELETED or (staged is None and not in_base):
             raise KeyError(f"key {key!r} is not in column {self.name!r}")
-        self._writer._delete(self, raw_key, staged_only=not in_base)
+        self._writer.delete(self, raw_key, staged_only=not in_base)
         self._len = None
 
     def __enter__(self) -> Column:
@@ -381,9 +427,10 @@ class Column:
     def __exit__(self, *exc: object) -> None:
         self._depth -= 1
         if self._depth == 0 and not self._co.closed:
-            self._flush()
+            self.flush()
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write the samples buffered by a ``with column:`` block now."""
         if not self._buffer:
             return
         buffered, self._buffer = self._buffer, {}
@@ -394,11 +441,13 @@ class Column:
             stacked: np.ndarray | list[Payload] = np.stack(payloads)
         else:
             stacked = payloads
-        self._writer._write(self, raw_keys, stacked, digests)
+        self._writer.write(self, raw_keys, stacked, digests)
         self._len = None
 
-    def _rebase(self, tree: bytes, count: int) -> None:
-        """Point at a new base (after a commit or a reset)."""
+    def rebase(self, tree: bytes, count: int) -> None:
+        """Point at a new base, dropping buffered writes (the checkout calls it
+        after a commit or a reset of the staging area)."""
+        self._buffer.clear()
         self._tree = tree
         self._base_count = count
         self._len = None

@@ -21,13 +21,14 @@ column: the table marks that record, and reading it raises
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import cast, overload
 
 import numpy as np
 
 from .errors import CorruptionError
 from .history.objects import ColumnRoot, ColumnSchema
 from .history.tree import RecordTree
-from .storage.base import Location
+from .storage.base import Location, Payload, TableRows
 from .storage.content import ContentStore
 from .table_cache import CACHE_FORMAT, TableCache
 
@@ -239,27 +240,66 @@ class ColumnTable:
             if bad.any():
                 raise self.damaged[int(records[int(np.flatnonzero(bad)[0])])].again()
 
-    def read_stacked(self, store: ContentStore, records: np.ndarray) -> np.ndarray:
-        """The rows of ``records`` as one fresh array, checksums verified.
+    def read(self, store: ContentStore, records: np.ndarray) -> np.ndarray | list[Payload]:
+        """The samples of ``records``, through the store's one read path.
 
-        Only for tables whose records are memmap rows (``segments`` is set);
-        a damaged row raises :class:`~tensorcask.errors.CorruptionError` with
-        its file path (callers name the key).
+        One fresh stacked array when the records are memmap rows
+        (``segments`` is set), else a list of payloads. A damaged record
+        raises :class:`~tensorcask.errors.CorruptionError` with its file path
+        (callers name the key).
         """
-        assert self.segments is not None and self.rows is not None and self.checksums is not None
         self.check_records(records)
+        digests = RecordDigests(self._arrays["digests"], records)
+        if self.segments is None:
+            return store.fetch(digests, [self.location(int(r)) for r in records])
+        assert self.rows is not None and self.checksums is not None
         shape = tuple(d for d in self.schema.shape or () if d is not None)
-        return store.read_rows(
+        rows = TableRows(
             self.segments[records],
             self.rows[records],
             self.checksums[records],
             str(self.schema.dtype),
             shape,
         )
+        return store.fetch(digests, rows)
+
+    def read_one(self, store: ContentStore, i: int) -> Payload:
+        """The sample of record ``i``, through the store's one read path."""
+        loc = self.location(i)
+        return cast(list[Payload], store.fetch([self.digest(i)], [loc]))[0]
 
     def digest(self, i: int) -> bytes:
         """The content digest of record ``i``."""
         return self._arrays["digests"][i].tobytes()
+
+
+class RecordDigests(Sequence[bytes]):
+    """The content digests of some records of a table, read only when asked for.
+
+    Batch reads pass them to the store's read path, which needs them only
+    when a check looks at them; selecting them up front would cost a batch
+    read of small samples more than the read itself.
+    """
+
+    __slots__ = ("_digests", "_records")
+
+    def __init__(self, digests: np.ndarray, records: np.ndarray) -> None:
+        self._digests = digests
+        self._records = records
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    @overload
+    def __getitem__(self, i: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[bytes]: ...
+
+    def __getitem__(self, i: int | slice) -> bytes | list[bytes]:
+        if isinstance(i, slice):
+            return [self._digests[r].tobytes() for r in self._records[i].tolist()]
+        return bytes(self._digests[int(self._records[i])].tobytes())
 
 
 class ColumnTables:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from pathlib import Path
 
-from .history.refs import HEADS
-
-if TYPE_CHECKING:
-    from .repository import Repository
+from .history.objects import ColumnRoot, CommitInfo
 
 __all__ = ["format_bytes", "render_summary"]
 
@@ -22,29 +20,33 @@ def format_bytes(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-def render_summary(repo: Repository) -> str:
+def render_summary(
+    *,
+    path: Path,
+    disk_use: int,
+    branch: str,
+    staged: bool,
+    branches: int,
+    tags: int,
+    head: CommitInfo | None,
+    columns: Mapping[str, ColumnRoot],
+) -> str:
     """Path, disk use, branches, head commit and its columns."""
-    branch = repo.current_branch
-    with repo._db.read() as txn:
-        head = repo._history.refs.get(txn, HEADS + branch)
-    staged = repo.staged_branch == branch
     lines = [
-        f"repository : {repo.path}",
-        f"disk use   : {format_bytes(repo.disk_usage())}",
+        f"repository : {path}",
+        f"disk use   : {format_bytes(disk_use)}",
         f"branch     : {branch}" + ("  (staged changes pending)" if staged else ""),
-        f"branches   : {len(repo.branches)}, tags: {len(repo.tags)}",
+        f"branches   : {branches}, tags: {tags}",
     ]
     if head is None:
         lines.append("head       : (no commits yet)")
         return "\n".join(lines)
-    info = repo.log(head, limit=1)[0]
     lines += [
-        f"head       : {info.id}",
-        f"             {info.time:%Y-%m-%d %H:%M:%S} UTC  {info.author} <{info.email}>",
-        f"             {info.message.splitlines()[0] if info.message else ''}",
+        f"head       : {head.id}",
+        f"             {head.time:%Y-%m-%d %H:%M:%S} UTC  {head.author} <{head.email}>",
+        f"             {head.message.splitlines()[0] if head.message else ''}",
         "columns    :",
     ]
-    columns = repo._history.columns(head)
     if not columns:
         lines.append("  (none)")
     width = max((len(n) for n in columns), default=0)

@@ -1,17 +1,9 @@
 """The repository: opening, checkouts, refs, log and maintenance.
 
-On-disk layout of a repository directory::
-
-    TENSORCASK      format marker
-    meta/           LMDB environment: content index, history objects, refs, staging
-    data/memmap/    fixed-shape sample segments
-    data/hdf5/      variable-shape / compressed sample files
-    data/lmdb/      str, bytes and small samples
-    index/          run files of the content index
-    cache/          checksummed column tables (rebuildable; see table_cache.py)
-    writer.lock     the writer lock (holder info inside)
-
-Each name is defined once, in :mod:`tensorcask.layout`.
+:class:`Repository` is the public face of a repository directory; what it is
+made of (object store, refs, staging area, content store, column tables) is
+opened and held by :class:`~tensorcask.parts.RepositoryParts`, where the
+directory layout is described too.
 """
 
 from __future__ import annotations
@@ -26,76 +18,23 @@ from typing import Any, Literal, overload
 
 import numpy as np
 
-from .access import open_metadata
 from .checkout import ReadCheckout, WriteCheckout
-from .errors import (
-    CaskError,
-    ConcurrentUpdateError,
-    MergeConflictError,
-    ReadOnlyError,
-    RefNotFoundError,
-    RepositoryNotFoundError,
-)
+from .errors import CaskError, ConcurrentUpdateError, MergeConflictError, RefNotFoundError
 from .history.diff import Diff, diff_columns
 from .history.merge import ancestors, describe, merge_base, merge_columns
-from .history.objects import ColumnRoot, CommitId, CommitInfo
+from .history.objects import CommitId, CommitInfo
+from .history.objectstore import WriteBatch
+from .history.reach import newest_first
 from .history.refs import HEADS, TAGS
-from .history.staging import Staging
-from .history.store import History
 from .keys import utf8, validate_ref_name
-from .layout import CACHE_DIR, DATA_DIR, FORMAT_FILE, META_DIR, WRITER_LOCK_FILE
-from .locations import ColumnTable, ColumnTables
+from .layout import DATA_DIR, FORMAT_FILE, META_DIR, WRITER_LOCK_FILE
 from .maintenance import GCReport, Progress, VerifyReport, collect_garbage, verify_repository
-from .storage.content import ContentStore
+from .parts import FORMAT_TEXT, RepositoryParts
+from .report import render_summary
 from .storage.db import MetaDB
-from .storage.lock import WriterLock, force_release
-from .table_cache import TableCache
+from .storage.lock import force_release
 
 __all__ = ["Repository", "init"]
-
-DEFAULT_TABLE_CACHE_BYTES = 256 << 20
-FORMAT_VERSION = 1
-"""The newest repository format this tensorcask reads and writes."""
-FORMAT_TEXT = f"tensorcask repository\nformat {FORMAT_VERSION}\n"
-_FORMAT_LINE = re.compile(r"format ([0-9]{1,9})")
-
-
-def read_format(marker: Path) -> int:
-    """The format version the marker file ``marker`` (``TENSORCASK``) declares.
-
-    Only reads. Raises :class:`~tensorcask.errors.CaskError` if the marker
-    is not a valid tensorcask format marker, or declares a format newer than
-    :data:`FORMAT_VERSION` (then the message names both versions and how to
-    upgrade).
-    """
-    try:
-        with open(marker, "rb") as f:
-            data = f.read(4096)
-    except OSError as exc:
-        raise CaskError(f"cannot read the repository marker {marker}: {exc}") from exc
-    lines = data.decode("utf-8", "replace").splitlines()
-    found = None
-    if len(lines) >= 2 and lines[0].strip() == "tensorcask repository":
-        match = _FORMAT_LINE.fullmatch(lines[1].strip())
-        if match is not None:
-            found = int(match.group(1))
-    if found is None or found < 1:
-        raise CaskError(
-            f"{marker} is not a valid tensorcask format marker (it should read "
-            f"{FORMAT_TEXT!r}, it holds {data[:64]!r}); the repository at {marker.parent} is "
-            "damaged or was not made by tensorcask: restore the file, or the repository from "
-            "a clone or backup"
-        )
-    if found > FORMAT_VERSION:
-        from . import __version__
-
-        raise CaskError(
-            f"the repository at {marker.parent} has format {found}, but this tensorcask "
-            f"({__version__}) reads format {FORMAT_VERSION} at most; it was written by a newer "
-            "tensorcask: upgrade with `pip install -U tensorcask`"
-        )
-    return found
-
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -214,24 +153,12 @@ class Repository:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False) -> None:
-        self.path = Path(path).absolute()
-        if not (self.path / FORMAT_FILE).is_file():
-            raise RepositoryNotFoundError(
-                f"no tensorcask repository at {self.path}; create one with tensorcask.init() "
-                "or `tensorcask init`"
-            )
-        read_format(self.path / FORMAT_FILE)  # before anything is opened or written
-        self._db = open_metadata(self.path, read_only=read_only)
-        self._history = History(self._db)
-        self._staging = Staging(self._db)
-        self._reader_store = ContentStore(self.path / DATA_DIR, self._db, writable=False)
-        self._tables = ColumnTables(
-            self._history.tree,
-            self._reader_store,
-            TableCache(
-                self.path / CACHE_DIR, writable=not self.read_only, limit=self._table_cache_bytes
-            ),
-        )
+        self._parts = RepositoryParts(path, read_only=read_only)
+        self._db = self._parts.db
+        self._history = self._parts.history
+        self._staging = self._parts.staging
+        self._refs = self._parts.refs
+        self.path = self._parts.path
 
     def __repr__(self) -> str:
         return f"<Repository {str(self.path)!r}{' read-only' if self.read_only else ''}>"
@@ -244,25 +171,17 @@ class Repository:
         write the repository (a read-only mount, another user's files); every
         write then raises :class:`~tensorcask.errors.ReadOnlyError` saying why.
         """
-        return self._db.readonly
+        return self._parts.read_only
 
     def _check_alive(self) -> None:
-        """Raise CaskError if the repository was removed or replaced since it was opened."""
-        self._db.check_identity()
+        self._parts.check_alive()
 
     def _require_writable(self, action: str) -> None:
-        """Raise ReadOnlyError (saying why and what to do) for a read-only handle."""
-        self._db.check_identity()
-        if self._db.readonly:
-            raise ReadOnlyError(
-                f"cannot {action}: the repository at {self.path} is read-only because "
-                f"{self._db.read_only_reason}"
-            )
+        self._parts.require_writable(action)
 
     def close(self) -> None:
         """Release file handles. Idempotent."""
-        self._reader_store.close()
-        self._db.close()
+        self._parts.close()
 
     def __enter__(self) -> Repository:
         return self
@@ -274,8 +193,7 @@ class Repository:
     def config(self) -> dict[str, Any]:
         """Repository settings (``user_name``, ``user_email``)."""
         self._check_alive()
-        with self._db.read() as txn:
-            return dict(self._db.get_json(txn, "config") or {})
+        return self._parts.config()
 
     # -- checkouts -------------------------------------------------------
 
@@ -305,21 +223,18 @@ class Repository:
                 raise ValueError(
                     "a write checkout writes to a branch head; pass branch=, not commit="
                 )
-            return WriteCheckout(self, branch if branch is not None else self.current_branch)
+            return WriteCheckout(self._parts, branch if branch is not None else self.current_branch)
         if commit is not None and branch is not None:
             raise ValueError("pass either branch= or commit=, not both")
         ref = commit if commit is not None else branch
         if ref is None:
-            with self._db.read() as txn:
-                head = self._history.refs.get(txn, HEADS + self.current_branch)
-            return ReadCheckout(self, head)
+            return ReadCheckout(self._parts, self._parts.head(self.current_branch))
         if branch is not None:
-            with self._db.read() as txn:
-                head = self._history.refs.get(txn, HEADS + branch)
+            head = self._parts.head(branch)
             if head is None:
                 raise self._no_branch(branch)
-            return ReadCheckout(self, head)
-        return ReadCheckout(self, self.resolve(ref))
+            return ReadCheckout(self._parts, CommitId(head))
+        return ReadCheckout(self._parts, self.resolve(ref))
 
     # -- refs ------------------------------------------------------------
 
@@ -327,8 +242,7 @@ class Repository:
     def current_branch(self) -> str:
         """The branch write checkouts use by default."""
         self._check_alive()
-        with self._db.read() as txn:
-            return self._history.refs.current_branch(txn)
+        return self._refs.current_branch()
 
     @property
     def staged_branch(self) -> str | None:
@@ -344,15 +258,13 @@ class Repository:
     def branches(self) -> dict[str, CommitId]:
         """Branch name -> head commit id."""
         self._check_alive()
-        with self._db.read() as txn:
-            return self._history.refs.listing(txn, HEADS)
+        return self._refs.listing(HEADS)
 
     @property
     def tags(self) -> dict[str, CommitId]:
         """Tag name -> commit id."""
         self._check_alive()
-        with self._db.read() as txn:
-            return self._history.refs.listing(txn, TAGS)
+        return self._refs.listing(TAGS)
 
     def _no_branch(self, name: str) -> RefNotFoundError:
         known = ", ".join(sorted(self.branches)) or "none yet: make a first commit"
@@ -391,41 +303,39 @@ class Repository:
         self._require_writable("create a branch")
         validate_ref_name(name, "branch name")
         target = self.resolve(base if base is not None else self.current_branch)
-        with self._db.write() as txn:
-            refs = self._history.refs
-            if refs.get(txn, HEADS + name) is not None:
+        refs = self._refs
+        with self._db.write():  # the checks and the new ref: one transaction
+            if refs.get(HEADS + name) is not None:
                 raise CaskError(
                     f"branch {name!r} already exists; choose another name, or delete it first "
                     f"with repo.delete_branch({name!r})"
                 )
-            refs.check_new(txn, HEADS, name)
-            refs.set_if_equals(txn, HEADS + name, None, target)
+            refs.check_new(HEADS, name)
+            refs.set_if_equals(HEADS + name, None, target)
         return target
 
     def delete_branch(self, name: str, *, force: bool = False) -> CommitId:
         """Delete branch ``name``; an unmerged branch needs ``force=True``."""
         self._require_writable("delete a branch")
-        with self._db.write() as txn:
-            refs = self._history.refs
-            head = refs.get(txn, HEADS + name)
-            if head is None:
-                raise self._no_branch(name)
-            if name == refs.current_branch(txn):
-                raise CaskError(
-                    f"branch {name!r} is the current branch; open a write checkout of another "
-                    "branch first"
-                )
-            others = [c for b, c in refs.listing(txn, HEADS).items() if b != name]
+        refs = self._refs
+        head = refs.get(HEADS + name)
+        if head is None:
+            raise self._no_branch(name)
+        if name == refs.current_branch():
+            raise CaskError(
+                f"branch {name!r} is the current branch; open a write checkout of another "
+                "branch first"
+            )
+        others = [c for b, c in refs.listing(HEADS).items() if b != name]
         if not force and not any(head in ancestors(self._history, other) for other in others):
             raise CaskError(
                 f"branch {name!r} is not merged into any other branch; its commits would be lost. "
                 "Merge it, or delete it anyway with force=True (`tensorcask branch -D`)"
             )
-        with self._db.write() as txn:
-            if not self._history.refs.set_if_equals(txn, HEADS + name, head, None):
-                raise ConcurrentUpdateError(
-                    f"branch {name!r} moved while being deleted; nothing was deleted: try again"
-                )
+        if not refs.set_if_equals(HEADS + name, head, None):
+            raise ConcurrentUpdateError(
+                f"branch {name!r} moved while being deleted; nothing was deleted: try again"
+            )
         return head
 
     def create_tag(self, name: str, ref: str) -> CommitId:
@@ -437,12 +347,12 @@ class Repository:
         self._require_writable("create a tag")
         validate_ref_name(name, "tag name")
         target = self.resolve(ref)
-        with self._db.write() as txn:
-            refs = self._history.refs
-            if refs.get(txn, TAGS + name) is not None:
+        refs = self._refs
+        with self._db.write():  # the checks and the new ref: one transaction
+            if refs.get(TAGS + name) is not None:
                 raise CaskError(f"tag {name!r} already exists; tags are immutable")
-            refs.check_new(txn, TAGS, name)
-            refs.set_if_equals(txn, TAGS + name, None, target)
+            refs.check_new(TAGS, name)
+            refs.set_if_equals(TAGS + name, None, target)
         return target
 
     # -- history ---------------------------------------------------------
@@ -459,12 +369,10 @@ class Repository:
                 raise ValueError(f"limit must be None or an int >= 0, not {limit}")
             limit = int(limit)
         self._check_alive()
-        if ref is None:
-            with self._db.read() as txn:
-                start = self._history.refs.get(txn, HEADS + self.current_branch)
-        else:
-            start = self.resolve(ref)
-        return [CommitInfo.of(c) for c in self._history.log(start, limit)]
+        start = self._parts.head(self.current_branch) if ref is None else self.resolve(ref)
+        if start is None:
+            return []
+        return [CommitInfo.of(c) for c in newest_first(self._history, start, limit)]
 
     def diff(self, a: str, b: str) -> Diff:
         """How to go from commit ``a`` to commit ``b`` (any refs).
@@ -492,14 +400,14 @@ class Repository:
                 raise TypeError(f"the merge message must be a str, not {type(message).__name__}")
             utf8(message, "merge message")
         self._require_writable("merge")
-        with WriterLock(self.path / WRITER_LOCK_FILE):
+        with self._parts.writer_lock():
             return self._merge_locked(source, into, message)
 
     def _merge_locked(self, source: str, into: str, message: str | None) -> CommitId:
         history = self._history
         theirs = self.resolve(source)
+        ours = self._parts.head(into)
         with self._db.read() as txn:
-            ours = history.refs.get(txn, HEADS + into)
             state = self._staging.state(txn)
             dirty = state is not None and state.branch == into and self._staging.has_changes(txn)
         if ours is None:
@@ -513,11 +421,14 @@ class Repository:
         if ours in ancestors(history, theirs):
             return self._move_branch(into, ours, theirs)  # fast-forward
         base = merge_base(history, ours, theirs)
+        batch = WriteBatch()
         merged, conflicts = merge_columns(
-            history, history.columns(base), history.columns(ours), history.columns(theirs)
+            history.tree.with_batch(batch),
+            history.columns(base),
+            history.columns(ours),
+            history.columns(theirs),
         )
         if conflicts:
-            history.tree.pending.clear()
             raise MergeConflictError(
                 f"merging {source!r} into {into!r} found {len(conflicts)} conflict(s): "
                 f"{describe(conflicts)}; nothing was written. Resolve them on one branch "
@@ -525,23 +436,24 @@ class Repository:
                 conflicts,
             )
         config = self.config
-        with self._db.write() as txn:
-            commit = history.new_commit(
-                txn,
-                parents=(ours, theirs),
-                columns=merged,
-                author=config["user_name"],
-                email=config["user_email"],
-                message=message or f"Merge {source} into {into}",
-            )
-            if not history.refs.set_if_equals(txn, HEADS + into, ours, commit.id):
+        commit = history.new_commit(
+            batch,
+            parents=(ours, theirs),
+            columns=merged,
+            author=config["user_name"],
+            email=config["user_email"],
+            message=message or f"Merge {source} into {into}",
+        )
+        with self._db.write() as txn:  # objects, ref and staging base: one transaction
+            history.objects.write(batch)
+            if not self._refs.set_if_equals(HEADS + into, ours, commit.id):
                 raise ConcurrentUpdateError(f"branch {into!r} moved during the merge; merge again")
             self._follow_head(txn, into, commit.id)
         return commit.id
 
     def _move_branch(self, branch: str, old: str, new: str) -> CommitId:
         with self._db.write() as txn:
-            if not self._history.refs.set_if_equals(txn, HEADS + branch, old, new):
+            if not self._refs.set_if_equals(HEADS + branch, old, new):
                 raise ConcurrentUpdateError(
                     f"branch {branch!r} moved during the merge; merge again"
                 )
@@ -557,10 +469,19 @@ class Repository:
 
     def summary(self) -> str:
         """A human-readable report: path, disk use, head commit, columns."""
-        from .report import render_summary
-
         self._check_alive()
-        return render_summary(self)
+        branch = self.current_branch
+        head = self._parts.head(branch)
+        return render_summary(
+            path=self.path,
+            disk_use=self.disk_usage(),
+            branch=branch,
+            staged=self.staged_branch == branch,
+            branches=len(self.branches),
+            tags=len(self.tags),
+            head=None if head is None else self.log(head, limit=1)[0],
+            columns=self._history.columns(head),
+        )
 
     def verify(
         self,
@@ -578,8 +499,9 @@ class Repository:
         given, is called as ``progress(phase, count)`` while samples are checked.
         """
         self._check_alive()
+        starts = None if ref is None else [self.resolve(ref)]
         return verify_repository(
-            self, ref, full=full, raise_on_error=raise_on_error, progress=progress
+            self._parts, starts, full=full, raise_on_error=raise_on_error, progress=progress
         )
 
     def gc(self, *, progress: Progress | None = None) -> GCReport:
@@ -588,8 +510,8 @@ class Repository:
         Takes the writer lock for its duration. ``progress`` as for :meth:`verify`.
         """
         self._require_writable("run gc")
-        with WriterLock(self.path / WRITER_LOCK_FILE):
-            return collect_garbage(self, progress)
+        with self._parts.writer_lock():
+            return collect_garbage(self._parts, progress)
 
     def force_release_writer_lock(self) -> dict[str, Any] | None:
         """Release the writer lock whoever holds it; returns the holder info.
@@ -599,10 +521,6 @@ class Repository:
         """
         self._require_writable("release the writer lock")
         return force_release(self.path / WRITER_LOCK_FILE)
-
-    def _column_table(self, root: ColumnRoot) -> ColumnTable:
-        """The resolved table of a committed column (memory, then disk cache, then built)."""
-        return self._tables.get(root)
 
     @property
     def table_cache_limit(self) -> int:
@@ -614,7 +532,7 @@ class Repository:
         Set it (any int >= 0) to store a fixed bound in the repository's
         config; set ``None`` to return to the default.
         """
-        return self._table_cache_bytes()
+        return self._parts.table_cache_bytes()
 
     @table_cache_limit.setter
     def table_cache_limit(self, value: int | None) -> None:
@@ -622,19 +540,7 @@ class Repository:
             raise TypeError(f"table_cache_limit must be an int or None, not {type(value).__name__}")
         if value is not None and value < 0:
             raise ValueError(f"table_cache_limit must be >= 0, not {value}")
-        with self._db.write() as txn:
-            config = dict(self._db.get_json(txn, "config") or {})
-            if value is None:
-                config.pop("table_cache_limit", None)
-            else:
-                config["table_cache_limit"] = value
-            self._db.put_json(txn, "config", config)
-
-    def _table_cache_bytes(self) -> int:
-        configured = self.config.get("table_cache_limit")
-        if isinstance(configured, int):
-            return configured
-        return max(DEFAULT_TABLE_CACHE_BYTES, 2 * _tree_bytes(self.path / DATA_DIR))
+        self._parts.set_config("table_cache_limit", value)
 
     def disk_usage(self) -> int:
         """Bytes used by the repository directory."""
@@ -644,13 +550,3 @@ class Repository:
                 with contextlib.suppress(OSError):
                     total += os.stat(os.path.join(dirpath, f)).st_blocks * 512
         return total
-
-
-def _tree_bytes(root: Path) -> int:
-    """Bytes of the files below ``root``."""
-    total = 0
-    for dirpath, _, files in os.walk(root):
-        for f in files:
-            with contextlib.suppress(OSError):
-                total += os.stat(os.path.join(dirpath, f)).st_size
-    return total

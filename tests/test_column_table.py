@@ -66,7 +66,7 @@ def test_table_read_of_a_damaged_row_names_the_key(tmp_path: Path, eager_tables:
         col = rc["images"]
         col.get_many([0])  # build the table
         loc = col._table.location(100)  # type: ignore[union-attr]
-        path = Path(repo._reader_store.path_of(loc))
+        path = Path(repo._parts.store.path_of(loc))
     with open(path, "r+b") as f:
         f.seek(loc.offset * 16 + 3)
         byte = f.read(1)

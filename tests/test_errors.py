@@ -166,8 +166,7 @@ def test_staged_changes_on_a_base_the_branch_left_raise_concurrent_update(
         co["labels"][1] = np.int64(3)  # staged on `second`
     # No public call moves a branch under staged changes (commits and merges keep
     # them in step); an older version or a restored backup can: move it directly.
-    with repo._db.write() as txn:
-        assert repo._history.refs.set_if_equals(txn, "heads/main", second, first)
+    assert repo._parts.refs.set_if_equals("heads/main", second, first)
     with pytest.raises(tc.ConcurrentUpdateError, match="now points at " + first):
         repo.checkout(write=True)
 

@@ -74,7 +74,7 @@ path, mode, user = sys.argv[1], sys.argv[2], int(sys.argv[3])
 if user >= 0:
     # The interpreter may live where that user cannot read (under /root, say),
     # so exec as that user may fail: load what the run needs, then drop root.
-    import numpy.random, tensorcask.report, tensorcask.cli_history, tensorcask.access
+    import numpy.random, tensorcask.report, tensorcask.cli.history_commands, tensorcask.access
     for _ in DataLoader(list(range(4)), batch_size=2, num_workers=2,
                         multiprocessing_context="fork"):
         pass

@@ -37,8 +37,7 @@ def _value(repo: tc.Repository, ref: str) -> int:
 
 def _legacy_ref(repo: tc.Repository, name: str, target: str) -> None:
     """Write a ref the way older versions allowed (no name rules)."""
-    with repo._db.write() as txn:
-        assert repo._history.refs.set_if_equals(txn, name, None, target)
+    assert repo._parts.refs.set_if_equals(name, None, target)
 
 
 # -- names that look like commit ids ---------------------------------------------------------

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from ..keys import Key, decode_key
 from .diff import RecordChanges, record_changes
 from .objects import ColumnRoot
+from .reach import ancestry
 from .store import History
-from .tree import EMPTY_ROOT, Edit
+from .tree import EMPTY_ROOT, Edit, RecordTree
 
 __all__ = ["Conflict", "ancestors", "merge_base", "merge_columns"]
 
@@ -69,14 +70,7 @@ class Conflict:
 
 def ancestors(history: History, start: str) -> set[str]:
     """``start`` and every commit reachable from it."""
-    seen = {start}
-    stack = [start]
-    while stack:
-        for parent in history.commit(stack.pop()).parents:
-            if parent not in seen:
-                seen.add(parent)
-                stack.append(parent)
-    return seen
+    return set(ancestry(history, [start]))
 
 
 def merge_base(history: History, a: str, b: str) -> str | None:
@@ -85,14 +79,8 @@ def merge_base(history: History, a: str, b: str) -> str | None:
     if not common:
         return None
     # one walk marks every strict ancestor of a common ancestor
-    stack = [p for c in common for p in history.commit(c).parents]
-    shadowed: set[str] = set()
-    while stack:
-        commit = stack.pop()
-        if commit not in shadowed:
-            shadowed.add(commit)
-            stack.extend(history.commit(commit).parents)
-    return min(common - shadowed)
+    shadowed = ancestry(history, [p for c in common for p in history.commit(c).parents])
+    return min(common - set(shadowed))
 
 
 def _hex(value: bytes | None) -> str | None:
@@ -104,24 +92,27 @@ def _root_hex(root: ColumnRoot | None) -> str | None:
 
 
 def merge_columns(
-    history: History,
+    tree: RecordTree,
     base: dict[str, ColumnRoot],
     ours: dict[str, ColumnRoot],
     theirs: dict[str, ColumnRoot],
 ) -> tuple[dict[str, ColumnRoot], list[Conflict]]:
-    """Three-way merge of column sets; returns the merged columns and all conflicts."""
+    """Three-way merge of column sets; returns the merged columns and all conflicts.
+
+    ``tree`` writes the merged record pages into its write batch.
+    """
     merged: dict[str, ColumnRoot] = {}
     conflicts: list[Conflict] = []
     for name in sorted(set(base) | set(ours) | set(theirs)):
         b, o, t = base.get(name), ours.get(name), theirs.get(name)
-        result = _merge_column(history, name, b, o, t, conflicts)
+        result = _merge_column(tree, name, b, o, t, conflicts)
         if result is not None:
             merged[name] = result
     return merged, conflicts
 
 
 def _merge_column(
-    history: History,
+    tree: RecordTree,
     name: str,
     b: ColumnRoot | None,
     o: ColumnRoot | None,
@@ -145,7 +136,6 @@ def _merge_column(
     # Same schema on both sides. If it is new (both re-created the column), the
     # old records are no common ground: merge as if both started empty.
     base_tree = b.tree if b is not None and b.schema == o.schema else EMPTY_ROOT
-    tree = history.tree
     ours_changes = record_changes(tree, base_tree, o.tree)
     theirs_changes = record_changes(tree, base_tree, t.tree)
     edits = _apply_theirs(name, base_tree, ours_changes, theirs_changes, conflicts)

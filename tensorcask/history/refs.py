@@ -1,30 +1,32 @@
 """Refs: branch and tag names pointing at commits, moved by compare-and-swap.
 
-Stored in the ``refs`` table as ``heads/<branch>`` and ``tags/<tag>`` ->
-20-byte commit id, plus ``HEAD`` -> ``heads/<current branch>``. Every move is
-:meth:`Refs.set_if_equals`, the primitive remotes reuse: it succeeds only if
-the ref still holds the value the caller last saw. LMDB serialises write
-transactions across processes, so the check and the write are atomic.
+A :class:`RefsContainer` maps full ref names, ``heads/<branch>`` and
+``tags/<tag>``, to commit ids. Every move is :meth:`RefsContainer.set_if_equals`:
+it succeeds only if the ref still holds the value the caller last saw, so two
+writers racing for one ref never both win. The local repository keeps its
+refs in LMDB (:class:`LMDBRefs`, which also records the current branch); a
+remote keeps them in object storage; tests use :class:`MemoryRefs`.
+``tests/history/conformance.py`` holds the rules every container must pass.
 
 A new name must pass :func:`~tensorcask.keys.validate_ref_name` and
-:meth:`Refs.check_new`: a branch and a tag never share a name, and, as in
-git, ``a`` and ``a/b`` cannot both exist as branches (or as tags). Names
-made before these rules stay readable and writable.
+:meth:`RefsContainer.check_new`: a branch and a tag never share a name, and,
+as in git, ``a`` and ``a/b`` cannot both exist as branches (or as tags).
+Names made before these rules stay readable and writable.
 """
 
 from __future__ import annotations
 
+import threading
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import cast
-
-import lmdb
 
 from ..errors import CaskError, CorruptionError
 from ..keys import validate_ref_name
 from ..storage.db import MetaDB
 from .objects import CommitId
 
-__all__ = ["HEADS", "TAGS", "Refs"]
+__all__ = ["HEADS", "TAGS", "LMDBRefs", "MemoryRefs", "RefsContainer"]
 
 HEADS = "heads/"
 TAGS = "tags/"
@@ -36,56 +38,38 @@ def _raw(name: str) -> bytes:
     return name.encode("utf-8", "surrogatepass")
 
 
-class Refs:
-    """Branches, tags and the current branch of one repository."""
+class RefsContainer(ABC):
+    """Full ref names -> commit ids.
 
-    def __init__(self, db: MetaDB) -> None:
-        self.db = db
+    Attributes
+    ----------
+    location:
+        Where the refs live (a file or a URL), for error messages.
+    """
 
-    def get(self, txn: lmdb.Transaction, name: str) -> CommitId | None:
+    location: str
+
+    @abstractmethod
+    def get(self, name: str) -> CommitId | None:
         """The commit a full ref name (``heads/main``) points at, or None."""
-        raw = self.db.get(txn, "refs", _raw(name))
-        if raw is None:
-            return None
-        if len(raw) != 20:
-            where = self.db.data_file
-            raise CorruptionError(
-                f"ref {name!r} in {where} is damaged (it holds {len(raw)} bytes, not a 20-byte "
-                "commit id); restore the repository from a clone or backup",
-                path=where,
-            )
-        return CommitId(raw.hex())
 
-    def set_if_equals(
-        self, txn: lmdb.Transaction, name: str, old: str | None, new: str | None
-    ) -> bool:
-        """Move ``name`` from ``old`` to ``new`` (None: absent) if it still holds ``old``."""
-        if self.get(txn, name) != old:
-            return False
-        if new is None:
-            self.db.delete(txn, "refs", _raw(name))
-        else:
-            self.db.put(txn, "refs", _raw(name), bytes.fromhex(new))
-        return True
+    @abstractmethod
+    def set_if_equals(self, name: str, old: str | None, new: str | None) -> bool:
+        """Move ``name`` from ``old`` to ``new`` (None: absent) if it still holds ``old``.
 
-    def listing(self, txn: lmdb.Transaction, prefix: str) -> dict[str, CommitId]:
+        Atomic: of several callers that saw the same ``old``, one wins and
+        the others get False.
+        """
+
+    @abstractmethod
+    def delete(self, name: str) -> bool:
+        """Remove ``name`` whatever it holds; True if it existed."""
+
+    @abstractmethod
+    def listing(self, prefix: str = "") -> dict[str, CommitId]:
         """Every ref under ``prefix``, without the prefix."""
-        out: dict[str, CommitId] = {}
-        raw_prefix = _raw(prefix)
-        cursor = self.db.cursor(txn, "refs")
-        if cursor.set_range(raw_prefix):
-            for key, value in cast(Iterator[tuple[bytes, bytes]], cursor):
-                if not key.startswith(raw_prefix):
-                    break
-                out[key[len(raw_prefix) :].decode()] = CommitId(bytes(value).hex())
-        return out
 
-    def current_branch(self, txn: lmdb.Transaction) -> str:
-        """The branch write checkouts use by default."""
-        raw = self.db.get(txn, "refs", _HEAD)
-        return "main" if raw is None else raw.decode()[len(HEADS) :]
-
-    def check_new(self, txn: lmdb.Transaction, prefix: str, name: str) -> None:
+    def check_new(self, prefix: str, name: str) -> None:
         """Refuse ``name`` as a new branch (``prefix`` :data:`HEADS`) or tag (:data:`TAGS`).
 
         Raises ``TypeError`` / ``ValueError`` for a malformed name (see
@@ -101,7 +85,7 @@ class Refs:
         )
         kinds = "branches" if kind == "branch" else "tags"
         validate_ref_name(name, f"{kind} name")
-        if self.get(txn, other + name) is not None:
+        if self.get(other + name) is not None:
             raise CaskError(
                 f"{kind} name {name!r} is already taken by a {other_kind}; a branch and a tag may "
                 "not share a name (one would hide the other): choose another name"
@@ -109,13 +93,13 @@ class Refs:
         parts = name.split("/")
         for end in range(1, len(parts)):
             parent = "/".join(parts[:end])
-            if self.get(txn, prefix + parent) is not None:
+            if self.get(prefix + parent) is not None:
                 raise CaskError(
                     f"cannot create {kind} {name!r}: {kind} {parent!r} exists, and a name cannot "
                     f"be both a {kind} and a folder of {kinds} (as in git); choose another name "
                     f"or delete {parent!r} first"
                 )
-        inside = sorted(self.listing(txn, prefix + name + "/"))
+        inside = sorted(self.listing(prefix + name + "/"))
         if inside:
             raise CaskError(
                 f"cannot create {kind} {name!r}: {kind} {name + '/' + inside[0]!r} exists, and a "
@@ -123,12 +107,109 @@ class Refs:
                 "another name"
             )
 
-    def set_current_branch(self, txn: lmdb.Transaction, branch: str) -> None:
+
+class MemoryRefs(RefsContainer):
+    """Refs in a dict: a twin of the real containers for tests. Thread-safe."""
+
+    def __init__(self, location: str = "memory") -> None:
+        self.location = location
+        self._refs: dict[str, CommitId] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> CommitId | None:
+        with self._lock:
+            return self._refs.get(name)
+
+    def set_if_equals(self, name: str, old: str | None, new: str | None) -> bool:
+        with self._lock:
+            if self._refs.get(name) != old:
+                return False
+            if new is None:
+                self._refs.pop(name, None)
+            else:
+                self._refs[name] = CommitId(new)
+            return True
+
+    def delete(self, name: str) -> bool:
+        with self._lock:
+            return self._refs.pop(name, None) is not None
+
+    def listing(self, prefix: str = "") -> dict[str, CommitId]:
+        with self._lock:
+            return {
+                n[len(prefix) :]: c for n, c in sorted(self._refs.items()) if n.startswith(prefix)
+            }
+
+
+class LMDBRefs(RefsContainer):
+    """The local repository's refs: the ``refs`` table, plus the current branch.
+
+    Stored as ``heads/<branch>`` and ``tags/<tag>`` -> 20-byte commit id, and
+    ``HEAD`` -> ``heads/<current branch>``. LMDB serialises write
+    transactions across processes, so a check and its write are atomic; a
+    move joins a write transaction this thread has open (see
+    :meth:`~tensorcask.storage.db.MetaDB.write`).
+    """
+
+    def __init__(self, db: MetaDB) -> None:
+        self.db = db
+        self.location = db.data_file
+
+    def get(self, name: str) -> CommitId | None:
+        with self.db.read() as txn:
+            raw = self.db.get(txn, "refs", _raw(name))
+        if raw is None:
+            return None
+        if len(raw) != 20:
+            where = self.location
+            raise CorruptionError(
+                f"ref {name!r} in {where} is damaged (it holds {len(raw)} bytes, not a 20-byte "
+                "commit id); restore the repository from a clone or backup",
+                path=where,
+            )
+        return CommitId(raw.hex())
+
+    def set_if_equals(self, name: str, old: str | None, new: str | None) -> bool:
+        with self.db.write() as txn:
+            if self.get(name) != old:
+                return False
+            if new is None:
+                self.db.delete(txn, "refs", _raw(name))
+            else:
+                self.db.put(txn, "refs", _raw(name), bytes.fromhex(new))
+        return True
+
+    def delete(self, name: str) -> bool:
+        with self.db.write() as txn:
+            return self.db.delete(txn, "refs", _raw(name))
+
+    def listing(self, prefix: str = "") -> dict[str, CommitId]:
+        out: dict[str, CommitId] = {}
+        raw_prefix = _raw(prefix)
+        with self.db.read() as txn:
+            cursor = self.db.cursor(txn, "refs")
+            if cursor.set_range(raw_prefix):
+                for key, value in cast(Iterator[tuple[bytes, bytes]], cursor):
+                    if not key.startswith(raw_prefix):
+                        break
+                    if key == _HEAD:
+                        continue
+                    out[key[len(raw_prefix) :].decode()] = CommitId(bytes(value).hex())
+        return out
+
+    def current_branch(self) -> str:
+        """The branch write checkouts use by default."""
+        with self.db.read() as txn:
+            raw = self.db.get(txn, "refs", _HEAD)
+        return "main" if raw is None else raw.decode()[len(HEADS) :]
+
+    def set_current_branch(self, branch: str) -> None:
         """Make ``branch`` the default for later write checkouts.
 
         A branch that does not exist yet (it is made by the first commit) must
         pass :meth:`check_new`.
         """
-        if self.get(txn, HEADS + branch) is None:
-            self.check_new(txn, HEADS, branch)
-        self.db.put(txn, "refs", _HEAD, _raw(HEADS + branch))
+        with self.db.write() as txn:
+            if self.get(HEADS + branch) is None:
+                self.check_new(HEADS, branch)
+            self.db.put(txn, "refs", _HEAD, _raw(HEADS + branch))

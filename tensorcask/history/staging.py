@@ -127,6 +127,10 @@ class Staging:
                 if not cursor.delete():
                     break
 
+    def digests(self, txn: lmdb.Transaction) -> set[bytes]:
+        """The content digests of every staged record (what ``gc`` must keep)."""
+        return {bytes(v) for _, v in self.db.cursor(txn, "staging") if v}
+
     def clear(self, txn: lmdb.Transaction) -> None:
         """Drop everything staged."""
         self.db.drop(txn, "staging")

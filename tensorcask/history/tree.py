@@ -16,6 +16,7 @@ not O(records).
 
 from __future__ import annotations
 
+import copy
 import itertools
 import struct
 from bisect import bisect_left, bisect_right
@@ -25,6 +26,7 @@ import numpy as np
 from xxhash import xxh3_64_intdigest
 
 from ..hashing import object_hash
+from .objectstore import WriteBatch
 
 __all__ = ["EMPTY_ROOT", "Node", "RecordTree", "decode_node", "encode_node"]
 
@@ -181,6 +183,12 @@ class RecordTree:
         missing).
     cache_pages:
         Decoded pages kept in memory (least recently used are dropped).
+    load_many:
+        Returns the bytes of several stored pages at once.
+
+    A tree made by :meth:`with_batch` writes the new pages of its updates
+    into a :class:`~tensorcask.history.objectstore.WriteBatch` and reads
+    them back from it; the caller stores the batch.
     """
 
     def __init__(
@@ -193,8 +201,17 @@ class RecordTree:
         self._load_many = load_many
         self._cache: dict[bytes, Node] = {}
         self._cache_pages = cache_pages
-        self.pending: dict[bytes, bytes] = {}
-        """Pages written by updates and not yet persisted by the caller."""
+        self.batch: WriteBatch | None = None
+
+    def with_batch(self, batch: WriteBatch) -> RecordTree:
+        """A view of this tree whose updates write new pages into ``batch``.
+
+        It shares the decoded-page cache (pages are immutable), and reads the
+        pages of ``batch`` as if they were stored.
+        """
+        view = copy.copy(self)
+        view.batch = batch
+        return view
 
     # -- reading ---------------------------------------------------------
 
@@ -203,7 +220,7 @@ class RecordTree:
         node = self._cache.get(node_hash)
         if node is not None:
             return node
-        data = self.pending.get(node_hash)
+        data = None if self.batch is None else self.batch.get(node_hash)
         if data is None:
             data = self._load(node_hash)
         node = decode_node(data, node_hash)
@@ -316,12 +333,15 @@ class RecordTree:
 
     def _pages_bytes(self, hashes: list[bytes]) -> list[bytes]:
         """Raw bytes of many pages (one storage round trip when possible)."""
-        stored = [h for h in hashes if h not in self.pending]
+        batch = self.batch
+        stored = [h for h in hashes if batch is None or h not in batch]
         if self._load_many is not None:
             loaded = dict(zip(stored, self._load_many(stored), strict=True))
         else:
             loaded = {h: self._load(h) for h in stored}
-        return [self.pending.get(h) or loaded[h] for h in hashes]
+        if batch is not None:
+            loaded.update((h, data) for h in hashes if (data := batch.get(h)) is not None)
+        return [loaded[h] for h in hashes]
 
     def _leaf_diff(
         self, leaves_a: set[bytes], leaves_b: set[bytes]
@@ -357,11 +377,13 @@ class RecordTree:
     def update(self, root: bytes, edits: Sequence[Edit]) -> bytes:
         """Apply sorted, unique-key ``edits``; return the new root hash.
 
-        New pages are added to :attr:`pending`; the caller persists them in
-        the same transaction that publishes the root.
+        New pages go into the tree's write batch (see :meth:`with_batch`);
+        the caller stores the batch before anything refers to the root.
         """
         if not edits:
             return root
+        if self.batch is None:
+            raise TypeError("record-tree updates need a write batch: use tree.with_batch(batch)")
         height = -1 if root == EMPTY_ROOT else self.node(root).level
         level = 0
         level_edits: Sequence[Edit] = edits
@@ -386,6 +408,10 @@ class RecordTree:
     def build(self, items: Sequence[tuple[bytes, bytes]]) -> bytes:
         """Root of a tree holding exactly ``items`` (sorted by key)."""
         return self.update(EMPTY_ROOT, items)
+
+    def _put(self, node_hash: bytes, data: bytes) -> None:
+        assert self.batch is not None
+        self.batch.put(node_hash, data)
 
     def _update_level(
         self, root: bytes, height: int, level: int, edits: Sequence[Edit]
@@ -456,7 +482,7 @@ class RecordTree:
         # same keys, same layout: the new page is the old key section + new values
         data = node.data[: len(node.data) - len(node.vals)] + bytes(vals)
         node_hash = object_hash(data)
-        self.pending[node_hash] = data
+        self._put(node_hash, data)
         if node.level == 0:
             count = len(node)
         else:
@@ -494,7 +520,7 @@ class RecordTree:
                 page_keys, page_vals = keys[start : i + 1], vals[start : i + 1]
                 data = encode_node(level, page_keys, page_vals)
                 node_hash = object_hash(data)
-                self.pending[node_hash] = data
+                self._put(node_hash, data)
                 if level == 0:
                     count = len(page_keys)
                 else:

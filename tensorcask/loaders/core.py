@@ -29,8 +29,10 @@ from ..errors import CorruptionError, RefNotFoundError, sample_error
 from ..history.objects import ColumnRoot, CommitId
 from ..keys import Key, decode_key, encode_keys
 from ..locations import ColumnTable
+from ..parts import RepositoryParts
 from ..repository import Repository
 from ..samples import Value, from_payload
+from ..storage.content import ContentStore
 
 __all__ = ["RepoSource", "SampleIndex"]
 
@@ -141,8 +143,8 @@ class RepoSource:
             self.commit: CommitId = head
         else:
             self.commit = opened.resolve(commit)
-        self._opened: tuple[int, Repository, SampleIndex, list[ColumnRoot]] | None = None
-        self._attach(opened)
+        self._opened: tuple[int, RepositoryParts, SampleIndex, list[ColumnRoot]] | None = None
+        self._attach(RepositoryParts(self.path, read_only=self.read_only))
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -161,8 +163,8 @@ class RepoSource:
         self.read_only = bool(state.get("read_only", False))
         self._opened = None
 
-    def _attach(self, repo: Repository) -> None:
-        roots = repo._history.columns(self.commit)
+    def _attach(self, parts: RepositoryParts) -> None:
+        roots = parts.history.columns(self.commit)
         missing = [c for c in self.columns if c not in roots]
         if missing:
             raise KeyError(
@@ -170,16 +172,14 @@ class RepoSource:
                 f"{', '.join(sorted(roots)) or 'none'})"
             )
         chosen = [roots[c] for c in self.columns]
-        tables = []
-        for root in chosen:
-            tables.append(repo._column_table(root))
+        tables = [parts.column_table(root) for root in chosen]
         index = SampleIndex(self.columns, tables, self.keys)
-        self._opened = (os.getpid(), repo, index, chosen)
+        self._opened = (os.getpid(), parts, index, chosen)
 
-    def _state(self) -> tuple[Repository, SampleIndex, list[ColumnRoot]]:
+    def _state(self) -> tuple[RepositoryParts, SampleIndex, list[ColumnRoot]]:
         opened = self._opened
         if opened is None or opened[0] != os.getpid():  # new process: open our own handles
-            self._attach(Repository(self.path, read_only=self.read_only))
+            self._attach(RepositoryParts(self.path, read_only=self.read_only))
             opened = self._opened
         assert opened is not None
         return opened[1], opened[2], opened[3]
@@ -189,13 +189,18 @@ class RepoSource:
         """The sample index (opened in this process on first use)."""
         return self._state()[1]
 
+    @property
+    def roots(self) -> list[ColumnRoot]:
+        """The column roots of the named columns, in order (opened on first use)."""
+        return self._state()[2]
+
     def __len__(self) -> int:
         return len(self.index)
 
     def read(self, indices: Sequence[int] | np.ndarray) -> list[np.ndarray | list[Value]]:
         """The samples at ``indices``: one stacked array per fixed-shape memmap
         column, a list of values for the others, in column order."""
-        repo, index, roots = self._state()
+        parts, index, roots = self._state()
         at = np.asarray(indices, dtype=np.intp)
         if at.size and (int(at.min()) < 0 or int(at.max()) >= len(index)):
             bad = int(at.min()) if int(at.min()) < 0 else int(at.max())
@@ -205,39 +210,39 @@ class RepoSource:
             index.names, index.tables, index.positions, roots, strict=True
         ):
             records = at if positions is None else positions[at]
-            out.append(self._read_column(repo, name, table, records, root))
+            out.append(self._read_column(parts, name, table, records, root))
         return out
 
     def _read_column(
         self,
-        repo: Repository,
+        parts: RepositoryParts,
         name: str,
         table: ColumnTable,
         records: np.ndarray,
         root: ColumnRoot,
     ) -> np.ndarray | list[Value]:
-        store = repo._reader_store
+        store = parts.store
         try:
-            if table.segments is not None:
-                return table.read_stacked(store, records)
-            return [from_payload(root.schema, store.read(table.location(int(r)))) for r in records]
+            payloads = table.read(store, records)
         except CorruptionError as exc:
-            repo._db.check_identity()  # a repository removed under us is not "damaged"
-            raise self._damaged(store, name, table, records, root, exc) from exc
+            parts.check_alive()  # a repository removed under us is not "damaged"
+            raise self._damaged(store, name, table, records, exc) from exc
+        if isinstance(payloads, np.ndarray):
+            return payloads
+        return [from_payload(root.schema, p) for p in payloads]
 
     def _damaged(
         self,
-        store: Any,
+        store: ContentStore,
         name: str,
         table: ColumnTable,
         records: np.ndarray,
-        root: ColumnRoot,
         exc: CorruptionError,
     ) -> CorruptionError:
         """Find the damaged sample of a failed batch read and name it."""
         for r in records.tolist():
             try:
-                store.read(table.location(r))
+                table.read_one(store, r)
             except CorruptionError as bad:
                 return sample_error(bad, name, decode_key(table.key(r)), self.commit)
         return exc

@@ -216,7 +216,7 @@ def repo_dataset(
     seed = checked_int(seed, "seed", 0)
     chosen_shard = None if shard is None else _shard(shard)
     source = RepoSource(repo, columns, commit=commit, keys=keys)
-    roots = source._state()[2]
+    roots = source.roots
     specs = [_column(name, root.schema) for name, root in zip(source.columns, roots, strict=True)]
     n = len(source)
 

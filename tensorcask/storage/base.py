@@ -31,7 +31,7 @@ import xxhash
 
 from tensorcask.errors import CorruptionError
 
-__all__ = ["BLOB", "Backend", "Location", "Payload"]
+__all__ = ["BLOB", "Backend", "Location", "Payload", "TableRows"]
 
 Payload = np.ndarray | bytes
 """What a backend stores: an ndarray, or a byte string (``dtype == BLOB``)."""
@@ -82,6 +82,25 @@ class Location:
             raise ValueError(f"unknown location encoding version {version}")
         shape, backend, dtype = _untail(bytes(data[_HEAD.size :]), ndim)
         return cls(backend, segment, offset, dtype, shape, checksum)
+
+
+@dataclass(frozen=True, slots=True)
+class TableRows:
+    """Memmap rows of equal dtype and shape, as arrays (from a column table).
+
+    Attributes
+    ----------
+    segments, rows, checksums:
+        Segment number, row and xxh3-64 checksum of each sample, in order.
+    dtype, shape:
+        The samples' canonical dtype string and shape.
+    """
+
+    segments: np.ndarray
+    rows: np.ndarray
+    checksums: np.ndarray
+    dtype: str
+    shape: tuple[int, ...]
 
 
 @lru_cache(maxsize=4096)
@@ -185,6 +204,22 @@ class Backend(ABC):
         if not locations:
             return np.empty((0, *shape), dtype)
         return self.read_stacked(locations)
+
+    def read_durable(self, location: Location) -> Payload:
+        """Read one payload as the bytes stored on disk are now, checksum verified.
+
+        Bypasses any cache this process keeps, so that damage done to a file
+        after this process read it is still found: what ``verify(full=True)``
+        uses. Returns what :meth:`read` returns.
+
+        Raises
+        ------
+        CorruptionError
+            If the stored bytes are damaged or missing; ``path`` names the file.
+        """
+        # Reads through the OS page cache (memmap, lmdb) or of memory always
+        # see the current bytes; backends with their own caches override this.
+        return self.read(location)
 
     @abstractmethod
     def sync(self) -> None:

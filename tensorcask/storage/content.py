@@ -20,7 +20,7 @@ from ..errors import CorruptionError, ReadOnlyError
 from ..hashing import Digest
 from ..layout import INDEX_DIR
 from .backends import open_backend
-from .base import Backend, Location, Payload
+from .base import Backend, Location, Payload, TableRows
 from .db import MetaDB
 from .index import ContentIndex, Found
 
@@ -175,44 +175,69 @@ class ContentStore:
         loc = self._locations[digest] = Location.from_bytes(raw)
         return loc
 
-    def read_rows(
+    def fetch(
         self,
-        segments: np.ndarray,
-        rows: np.ndarray,
-        checksums: np.ndarray,
-        dtype: str,
-        shape: tuple[int, ...],
-    ) -> np.ndarray:
-        """Rows of memmap segments as one fresh array, checksums verified
-        (the batch read of column tables)."""
+        digests: Sequence[bytes],
+        where: Sequence[Location] | TableRows,
+        *,
+        stack: bool = False,
+        durable: bool = False,
+    ) -> np.ndarray | list[Payload]:
+        """The one read path: the stored samples of ``digests``, checksums verified.
+
+        Every read of sample bytes, whatever asked for it (a key, ``get_many``,
+        a column table, a loader, ``verify``), comes through here with the
+        content digests it is about to return, before any byte is read:
+        checks on what may be read at all (purged content) belong at the top
+        of this method and nowhere else.
+
+        Parameters
+        ----------
+        digests:
+            The content digest of each sample, in order (a lazy sequence is
+            fine: it is only looked at when a check needs it).
+        where:
+            Where each sample's bytes are: locations from the content index,
+            or memmap rows taken from a column table.
+        stack:
+            Return one stacked array (equal-shape array samples) instead of a list.
+        durable:
+            Read what is on disk now, bypassing caches this process keeps
+            (``verify`` uses it); never stacked.
+
+        Returns
+        -------
+        One array that owns its memory (``stack``, or ``where`` given as
+        rows), else a list of payloads (arrays or bytes) that own theirs.
+
+        Raises
+        ------
+        CorruptionError
+            With ``path`` set, when stored bytes fail their checksum.
+        """
         try:
-            return self.backend("memmap").read_rows(segments, rows, checksums, dtype, shape)
+            if isinstance(where, TableRows):
+                return self.backend("memmap").read_rows(
+                    where.segments, where.rows, where.checksums, where.dtype, where.shape
+                )
+            if durable:
+                return [self._reader(loc).read_durable(loc) for loc in where]
+            if stack:
+                return self._read_stacked(where)
+            return [self._reader(loc).read(loc) for loc in where]
         except CorruptionError:
-            self.db.check_identity()
+            self.db.check_identity()  # a removed repository: say so, not "damaged"
             raise
 
     def _reader(self, loc: Location) -> Backend:
         owner = self._owner.get((loc.backend, loc.segment))
         return owner if owner is not None else self.backend(loc.backend)
 
-    def read(self, loc: Location) -> Payload:
-        """Read one payload (checksum verified)."""
-        try:
-            return self._reader(loc).read(loc)
-        except CorruptionError:
-            self.db.check_identity()  # a removed repository: say so, not "damaged"
-            raise
-
-    def read_stacked(self, locs: Sequence[Location]) -> np.ndarray:
-        """Read equal-shape payloads into one stacked array (checksums verified)."""
+    def _read_stacked(self, locs: Sequence[Location]) -> np.ndarray:
         first = locs[0]
         if all(loc.backend == first.backend for loc in locs) and not self._owner:
-            try:
-                return self.backend(first.backend).read_stacked(locs)
-            except CorruptionError:
-                self.db.check_identity()
-                raise
-        return np.stack([np.asarray(self.read(loc)) for loc in locs])
+            return self.backend(first.backend).read_stacked(locs)
+        return np.stack([np.asarray(self._reader(loc).read(loc)) for loc in locs])
 
     def path_of(self, loc: Location) -> str:
         """Full path of the file holding ``loc``."""

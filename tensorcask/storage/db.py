@@ -41,6 +41,7 @@ import os
 import struct
 import threading
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -66,13 +67,47 @@ _OPEN_LOCK = threading.Lock()
 class _Shared:
     """One process's environment for one metadata file, and its users."""
 
-    __slots__ = ("env", "identity", "readonly", "users")
+    __slots__ = ("active", "env", "identity", "readonly", "users")
 
     def __init__(self, env: lmdb.Environment, identity: Identity, readonly: bool) -> None:
         self.env = env
         self.identity = identity
         self.readonly = readonly
         self.users = 0
+        self.active = threading.local()  # .txn: this thread's open write transaction
+
+
+class _Joined:
+    """A transaction already open in this thread, used without ending it."""
+
+    __slots__ = ("txn",)
+
+    def __init__(self, txn: lmdb.Transaction) -> None:
+        self.txn = txn
+
+    def __enter__(self) -> lmdb.Transaction:
+        return self.txn
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+class _WriteScope:
+    """A new write transaction, known to this thread while it is open."""
+
+    __slots__ = ("active", "txn")
+
+    def __init__(self, active: threading.local, txn: lmdb.Transaction) -> None:
+        self.active = active
+        self.txn = txn
+
+    def __enter__(self) -> lmdb.Transaction:
+        self.active.txn = self.txn
+        return self.txn.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.active.txn = None
+        self.txn.__exit__(*exc)
 
 
 def identity_of(path: Path) -> Identity | None:
@@ -326,13 +361,23 @@ class MetaDB:
                 "now at that path"
             )
 
-    def read(self) -> lmdb.Transaction:
-        """A read-only snapshot transaction (use it as a context manager)."""
+    def read(self) -> AbstractContextManager[lmdb.Transaction]:
+        """A read-only snapshot transaction, as a context manager.
+
+        Inside a :meth:`write` block of this thread it is that write
+        transaction, so reads see the writes made so far.
+        """
+        active = getattr(self._shared.active, "txn", None)
+        if active is not None:
+            return _Joined(active)
         return self.env.begin(write=False, buffers=False)
 
-    def write(self) -> lmdb.Transaction:
-        """A write transaction: as a context manager, committed (and fsynced) on
+    def write(self) -> AbstractContextManager[lmdb.Transaction]:
+        """A write transaction, as a context manager: committed (and fsynced) on
         success, aborted on error.
+
+        Write blocks nest: an inner block (in the same thread) joins the
+        outer one, so that several stores' writes commit or abort together.
 
         Raises :class:`~tensorcask.errors.ReadOnlyError` for a read-only
         environment and :class:`~tensorcask.errors.CaskError` when the
@@ -344,12 +389,19 @@ class MetaDB:
                 f"because {self.read_only_reason}"
             )
         self.check_identity()
-        return self.env.begin(write=True)
+        active = getattr(self._shared.active, "txn", None)
+        if active is not None:
+            return _Joined(active)
+        return _WriteScope(self._shared.active, self.env.begin(write=True))
 
     def get(self, txn: lmdb.Transaction, table: str, key: bytes) -> bytes | None:
         """One value from a table, or None."""
         value = txn.get(key, db=self.tables[table])
         return None if value is None else bytes(value)
+
+    def has(self, txn: lmdb.Transaction, table: str, key: bytes) -> bool:
+        """Whether a table holds ``key``."""
+        return txn.get(key, db=self.tables[table]) is not None
 
     def put(self, txn: lmdb.Transaction, table: str, key: bytes, value: bytes) -> None:
         """Store one value in a table."""

@@ -11,6 +11,7 @@ their view of the dataset when asked for elements past its known end.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import math
 import os
 import re
@@ -73,6 +74,8 @@ class HDF5Backend(Backend):
         self._active: dict[str, _Open] = {}  # storage dtype -> file being written
         self._readers: dict[int, _Open] = {}
         self._readers_lock = threading.Lock()
+        self._decoders: dict[int, _ChunkDecoder | None] = {}  # segment -> its filters' undoer
+        self._decoders_lock = threading.Lock()
         self._unsynced: set[int] = set()
         self._closed = False
         if writable:
@@ -184,6 +187,11 @@ class HDF5Backend(Backend):
         for reader in self._readers.values():
             reader.file.close()
         self._readers.clear()
+        with self._decoders_lock:
+            for decoder in self._decoders.values():
+                if decoder is not None:
+                    decoder.close()
+            self._decoders.clear()
         self._closed = True
 
     # -- reading ---------------------------------------------------------
@@ -238,6 +246,89 @@ class HDF5Backend(Backend):
             return data
         out = np.empty(location.shape, location.dtype)
         out.reshape(-1)[...] = piece
+        self.verify(location, out)
+        return out
+
+    def read_durable(self, location: Location) -> Payload:
+        """Read one payload from the bytes on disk now, checksum verified.
+
+        The HDF5 library shares one open file, with its caches, among all the
+        handles of a process, so :meth:`read` may serve bytes it read before
+        the file changed. Here the open handle only says where the payload's
+        chunks lie (metadata, which does not change); their bytes are read
+        with ``os.pread`` from a newly opened descriptor and, in a filtered
+        dataset, decompressed by a private in-memory copy of the dataset.
+        """
+        self._check_open()
+        opened = self._dataset(location.segment, location.offset + _element_count(location))
+        if any(active is opened for active in self._active.values()):
+            # Our own writer may still cache chunks: put them in the file first.
+            opened.file.flush()
+            return self._read_durable(opened, location)
+        try:
+            return self._read_durable(opened, location)
+        except CorruptionError as damage:
+            # A writer elsewhere may have moved a chunk (a compressed chunk
+            # that grew): look its place up afresh before calling it damaged.
+            try:
+                opened.data.refresh()
+            except OSError:
+                raise damage from None
+            opened.length = opened.data.shape[0]
+            return self._read_durable(opened, location)
+
+    def _read_durable(self, opened: _Open, location: Location) -> Payload:
+        path = self._files.path(location.segment)
+        data = opened.data
+        (chunk,) = data.chunks
+        itemsize = data.dtype.itemsize
+        start = location.offset
+        stop = start + _element_count(location)
+        pieces: list[np.ndarray] = []
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise CorruptionError(
+                f"segment file {path} is missing: it was removed or never written", path=str(path)
+            ) from None
+        try:
+            with self._decoders_lock:
+                if location.segment not in self._decoders:
+                    if len(self._decoders) >= _DECODERS_KEPT:  # drop the oldest
+                        oldest = self._decoders.pop(next(iter(self._decoders)))
+                        if oldest is not None:
+                            oldest.close()
+                    filtered = data.id.get_create_plist().get_nfilters() > 0
+                    self._decoders[location.segment] = _ChunkDecoder(data) if filtered else None
+                decoder = self._decoders[location.segment]
+                for first in range(start - start % chunk, stop, chunk):
+                    low, high = max(start, first) - first, min(stop, first + chunk) - first
+                    try:
+                        info = data.id.get_chunk_info_by_coord((first,))
+                    except (OSError, RuntimeError, ValueError) as error:  # a damaged chunk index
+                        raise CorruptionError(
+                            f"cannot read {path}: {error}", path=str(path)
+                        ) from error
+                    if info.byte_offset is None:
+                        raise CorruptionError(
+                            f"{path} has no chunk at element {first}: the file is damaged",
+                            path=str(path),
+                        )
+                    if decoder is None:  # stored as is: read just the payload's bytes
+                        size, position = (high - low) * itemsize, info.byte_offset + low * itemsize
+                        pieces.append(np.frombuffer(_pread(fd, size, position, path), np.uint8))
+                    else:
+                        raw = _pread(fd, info.size, info.byte_offset, path)
+                        decoded = decoder.decode(raw, info.filter_mask, path)
+                        pieces.append(decoded[low * itemsize : high * itemsize])
+        finally:
+            os.close(fd)
+        block = np.concatenate(pieces) if pieces else np.empty(0, np.uint8)
+        if location.dtype == BLOB:
+            payload = block.tobytes()
+            self.verify(location, payload)
+            return payload
+        out = block.view(location.dtype).reshape(location.shape).copy()
         self.verify(location, out)
         return out
 
@@ -305,12 +396,91 @@ class HDF5Backend(Backend):
         reader = self._readers.pop(segment, None)
         if reader is not None:
             reader.file.close()
+        with self._decoders_lock:
+            decoder = self._decoders.pop(segment, None)
+        if decoder is not None:
+            decoder.close()
         self._unsynced.discard(segment)
         self._files.path(segment).unlink(missing_ok=True)
 
 
 def _element_count(location: Location) -> int:
     return location.shape[0] if location.dtype == BLOB else math.prod(location.shape)
+
+
+def _pread(fd: int, size: int, position: int, path: Path) -> bytes:
+    """Exactly ``size`` bytes of a file from ``position``."""
+    data = os.pread(fd, size, position)
+    while len(data) < size:
+        more = os.pread(fd, size - len(data), position + len(data))
+        if not more:
+            raise CorruptionError(
+                f"{path} ends at byte {position + len(data)}, inside stored data: "
+                "the file is truncated",
+                path=str(path),
+            )
+        data += more
+    return data
+
+
+_decoder_names = itertools.count()
+
+_DECODERS_KEPT = 4
+"""Segments whose chunk decoders an instance keeps (each holds a few chunks)."""
+
+
+class _ChunkDecoder:
+    """Undoes the filters (gzip, lzf, ...) of one dataset's stored chunks.
+
+    It holds a one-chunk dataset with the same type and creation properties
+    in a private in-memory file: a raw chunk is written into it as stored and
+    read back through HDF5's own filter pipeline. Nothing is cached but the
+    last chunk decoded, reused only for identical raw bytes.
+    """
+
+    def __init__(self, data: h5py.Dataset) -> None:
+        name = f"tensorcask-decoder-{os.getpid()}-{next(_decoder_names)}"
+        self._file = h5py.File(name, "w", driver="core", backing_store=False)
+        self._access = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
+        self._access.set_chunk_cache(0, 0, 1.0)  # no chunk cache: every read decodes
+        self._type = data.id.get_type()
+        self._chunk = h5py.h5d.create(
+            self._file.id,
+            b"chunk",
+            self._type,
+            h5py.h5s.create_simple(data.chunks),
+            dcpl=data.id.get_create_plist(),
+            dapl=self._access,
+        )
+        self._nbytes = data.chunks[0] * data.dtype.itemsize
+        self._last: tuple[int, bytes, np.ndarray] | None = None
+
+    def decode(self, raw: bytes, filter_mask: int, path: Path) -> np.ndarray:
+        """The chunk stored as ``raw`` (with ``filter_mask``), as bytes."""
+        if self._last is not None and self._last[:2] == (filter_mask, raw):
+            return self._last[2]
+        self._last = None
+        out = np.empty(self._nbytes, np.uint8)
+        try:
+            self._chunk.write_direct_chunk((0,), raw, filter_mask)
+            # An open dataset may read a chunk just written directly with a
+            # stale filter mask (HDF5 1.14), failing on chunks stored
+            # unfiltered: reopen it.
+            self._chunk.close()
+            self._chunk = h5py.h5d.open(self._file.id, b"chunk", dapl=self._access)
+            # Read in the stored type itself: the bytes as stored, unconverted.
+            self._chunk.read(h5py.h5s.ALL, h5py.h5s.ALL, out, mtype=self._type)
+        except OSError as error:  # the filter failed: damaged compressed data
+            raise CorruptionError(
+                f"cannot decode a chunk of {path}: {error}", path=str(path)
+            ) from error
+        self._last = (filter_mask, raw, out)
+        return out
+
+    def close(self) -> None:
+        """Release the in-memory file."""
+        self._chunk.close()
+        self._file.close()
 
 
 _READ_ATTEMPTS = 8

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tensorcask.history import tree as tree_module
+from tensorcask.history.objectstore import WriteBatch
 from tensorcask.history.tree import EMPTY_ROOT, RecordTree
 
 KEYS = st.integers(0, 400).map(lambda i: i.to_bytes(4, "big"))
@@ -21,11 +22,12 @@ class Store:
         self.pages: dict[bytes, bytes] = {}
 
     def tree(self) -> RecordTree:
-        return RecordTree(self.pages.__getitem__)
+        return RecordTree(self.pages.__getitem__).with_batch(WriteBatch())
 
     def flush(self, tree: RecordTree) -> None:
-        self.pages.update(tree.pending)
-        tree.pending.clear()
+        assert tree.batch is not None
+        self.pages.update(tree.batch.items())
+        tree.batch = WriteBatch()
 
 
 @pytest.fixture(autouse=True)

@@ -104,7 +104,7 @@ def test_a_damaged_sample_raises_naming_column_and_key(repo: tc.Repository) -> N
     source = RepoSource(repo, ["images"])
     table = source.index.tables[0]
     loc = table.location(6)
-    path = Path(repo._reader_store.path_of(loc))
+    path = Path(repo._parts.store.path_of(loc))
     with open(path, "r+b") as f:
         f.seek(loc.offset * 9)
         byte = f.read(1)

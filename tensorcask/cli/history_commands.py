@@ -1,8 +1,8 @@
 """History commands of the ``tensorcask`` command line: branch, tag, diff, merge.
 
-Porcelain over the public API, in the style of :mod:`tensorcask.cli` (which
-registers these commands and whose helpers they use): ``--json`` prints one
-JSON document on stdout; a user error exits 1 with one line on stderr.
+Porcelain over the public API, registered by :mod:`tensorcask.cli` through
+:func:`add_history_commands`: ``--json`` prints one JSON document on stdout;
+a user error exits 1 with one line on stderr.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import tensorcask as tc
 
-from .cli import SHORT_ID, _add, _json, _open, _out
+from ._common import SHORT_ID, add_command, open_repo, out, print_json
 
 __all__ = ["add_history_commands", "cmd_branch", "cmd_diff", "cmd_merge", "cmd_tag"]
 
@@ -36,34 +36,34 @@ def _list_branches(repo: tc.Repository, as_json: bool) -> None:
     branches = repo.branches
     current = repo.current_branch
     if as_json:
-        _json({"current": current, "branches": branches})
+        print_json({"current": current, "branches": branches})
         return
     names = sorted(set(branches) | {current})
     width = max(len(name) for name in names)
     for name in names:
         head = branches.get(name)
         shown = head[:SHORT_ID] if head else "(no commits yet)"
-        _out(f"{'*' if name == current else ' '} {name:<{width}}  {shown}")
+        out(f"{'*' if name == current else ' '} {name:<{width}}  {shown}")
 
 
 def cmd_branch(args: argparse.Namespace) -> int:
     """List branches, create one at a ref, or delete one (``-d``, ``-D`` forces)."""
-    with _open(args) as repo:
+    with open_repo(args) as repo:
         if args.name is None:
             _list_branches(repo, args.json)
             return 0
         if args.delete or args.force_delete:
             head = repo.delete_branch(args.name, force=args.force_delete)
             if args.json:
-                _json({"branch": args.name, "head": head, "deleted": True})
+                print_json({"branch": args.name, "head": head, "deleted": True})
             elif not _quiet(args):
-                _out(f"deleted branch {args.name} (was {head[:SHORT_ID]})")
+                out(f"deleted branch {args.name} (was {head[:SHORT_ID]})")
             return 0
         head = repo.create_branch(args.name, args.base)
     if args.json:
-        _json({"branch": args.name, "head": head, "created": True})
+        print_json({"branch": args.name, "head": head, "created": True})
     elif not _quiet(args):
-        _out(f"created branch {args.name} at {head[:SHORT_ID]}")
+        out(f"created branch {args.name} at {head[:SHORT_ID]}")
     return 0
 
 
@@ -80,22 +80,22 @@ def _check_branch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
 def cmd_tag(args: argparse.Namespace) -> int:
     """List tags, or create the immutable tag NAME for REF."""
-    with _open(args) as repo:
+    with open_repo(args) as repo:
         if args.name is None:
             tags = repo.tags
             if args.json:
-                _json({"tags": tags})
+                print_json({"tags": tags})
             else:
                 width = max((len(name) for name in tags), default=0)
                 for name, target in sorted(tags.items()):
-                    _out(f"{name:<{width}}  {target[:SHORT_ID]}")
+                    out(f"{name:<{width}}  {target[:SHORT_ID]}")
             return 0
         ref = args.ref if args.ref is not None else repo.current_branch
         target = repo.create_tag(args.name, ref)
     if args.json:
-        _json({"tag": args.name, "commit": target, "created": True})
+        print_json({"tag": args.name, "commit": target, "created": True})
     elif not _quiet(args):
-        _out(f"created tag {args.name} at {target[:SHORT_ID]}")
+        out(f"created tag {args.name} at {target[:SHORT_ID]}")
     return 0
 
 
@@ -125,32 +125,32 @@ def _diff_doc(diff: tc.Diff, a: str, b: str, a_id: str, b_id: str) -> dict[str, 
 
 def _print_diff(diff: tc.Diff, with_keys: bool) -> None:
     if not diff:
-        _out("no changes")
+        out("no changes")
         return
     for name in sorted(diff.added_columns):
-        _out(f"+ column {name}")
+        out(f"+ column {name}")
     for name in sorted(diff.removed_columns):
-        _out(f"- column {name}")
+        out(f"- column {name}")
     for name in sorted(diff.schema_changed):
-        _out(f"~ column {name}: schema changed")
+        out(f"~ column {name}: schema changed")
     for name, change in sorted(diff.columns.items()):
-        _out(
+        out(
             f"{name}: {len(change.added)} added, {len(change.removed)} removed, "
             f"{len(change.changed)} changed"
         )
         if with_keys:
             for sign, keys in (("+", change.added), ("-", change.removed), ("~", change.changed)):
                 for key in _sorted_keys(keys):
-                    _out(f"  {sign} {key!r}")
+                    out(f"  {sign} {key!r}")
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
     """Show how to go from commit A to commit B; exit 0 whether or not they differ."""
-    with _open(args) as repo:
+    with open_repo(args) as repo:
         a_id, b_id = repo.resolve(args.a), repo.resolve(args.b)
         diff = repo.diff(a_id, b_id)
     if args.json:
-        _json(_diff_doc(diff, args.a, args.b, a_id, b_id))
+        print_json(_diff_doc(diff, args.a, args.b, a_id, b_id))
     else:
         _print_diff(diff, args.keys)
     return 0
@@ -181,7 +181,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     Prints the outcome; on conflicts prints every conflict on stdout, then
     exits 1 with the error on stderr, having written nothing.
     """
-    with _open(args) as repo:
+    with open_repo(args) as repo:
         into = args.into if args.into is not None else repo.current_branch
         theirs = repo.resolve(args.source)
         before = repo.branches.get(into)
@@ -190,7 +190,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         except tc.MergeConflictError as exc:
             conflicts = [c for c in exc.conflicts if isinstance(c, tc.Conflict)]
             if args.json:
-                _json(
+                print_json(
                     {
                         "source": args.source,
                         "into": into,
@@ -201,7 +201,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
                 )
             else:
                 for conflict in conflicts:
-                    _out(_conflict_line(conflict))
+                    out(_conflict_line(conflict))
             raise  # main() prints the one-line error and exits 1
     if head == before:
         result, text = "up-to-date", "already up to date"
@@ -210,9 +210,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
     else:
         result, text = "merge", f"merged into {into}: {head}"
     if args.json:
-        _json({"source": args.source, "into": into, "result": result, "head": head})
+        print_json({"source": args.source, "into": into, "result": result, "head": head})
     elif not _quiet(args):
-        _out(text)
+        out(text)
     return 0
 
 
@@ -221,7 +221,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 def add_history_commands(subs: Any) -> None:
     """Add ``branch``, ``tag``, ``diff`` and ``merge`` to the subcommand parsers ``subs``."""
-    p = _add(subs, "branch", cmd_branch, "list, create or delete branches", True)
+    p = add_command(subs, "branch", cmd_branch, "list, create or delete branches", True)
     p.add_argument("name", nargs="?", metavar="NAME", help="branch to create (or delete)")
     p.add_argument("base", nargs="?", metavar="BASE", help="ref to start at (default: current)")
     p.add_argument("-d", "--delete", action="store_true", help="delete a merged branch")
@@ -231,16 +231,16 @@ def add_history_commands(subs: Any) -> None:
     branch_parser = p
     p.set_defaults(check=lambda args: _check_branch(args, branch_parser))
 
-    p = _add(subs, "tag", cmd_tag, "list tags or create one (tags are immutable)", True)
+    p = add_command(subs, "tag", cmd_tag, "list tags or create one (tags are immutable)", True)
     p.add_argument("name", nargs="?", metavar="NAME", help="tag to create")
     p.add_argument("ref", nargs="?", metavar="REF", help="commit to tag (default: current)")
 
-    p = _add(subs, "diff", cmd_diff, "show changes from commit A to commit B", True)
+    p = add_command(subs, "diff", cmd_diff, "show changes from commit A to commit B", True)
     p.add_argument("a", metavar="A", help="branch, tag or commit (prefix)")
     p.add_argument("b", metavar="B", help="branch, tag or commit (prefix)")
     p.add_argument("--keys", action="store_true", help="list the keys, not only counts")
 
-    p = _add(subs, "merge", cmd_merge, "merge a ref into a branch", True)
+    p = add_command(subs, "merge", cmd_merge, "merge a ref into a branch", True)
     p.add_argument("source", metavar="SOURCE", help="branch, tag or commit to merge")
     p.add_argument("--into", metavar="BRANCH", help="branch to merge into (default: current)")
     p.add_argument("-m", "--message", metavar="MESSAGE", help="message of a merge commit")

@@ -1,0 +1,126 @@
+"""Helpers shared by the command modules of the ``tensorcask`` command line.
+
+Output (:func:`out`, :func:`print_json`, :func:`print_error`), finding and
+opening the repository (:func:`base_dir`, :func:`open_repo`) and argument
+helpers (:func:`add_command`, :func:`common_options`, :func:`non_negative`).
+Imports nothing from the rest of :mod:`tensorcask.cli`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import tensorcask as tc
+from tensorcask.layout import FORMAT_FILE
+
+__all__ = [
+    "PROG",
+    "SHORT_ID",
+    "Handler",
+    "add_command",
+    "base_dir",
+    "common_options",
+    "non_negative",
+    "one_line",
+    "open_repo",
+    "out",
+    "print_error",
+    "print_json",
+]
+
+PROG = "tensorcask"
+SHORT_ID = 10
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+# -- output -------------------------------------------------------------------
+
+
+def out(text: str = "") -> None:
+    """Print one line on stdout."""
+    print(text, file=sys.stdout)
+
+
+def print_json(doc: Any) -> None:
+    """Print ``doc`` as one JSON document on stdout."""
+    print(json.dumps(doc, indent=2, sort_keys=False), file=sys.stdout)
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line: its non-blank lines joined by ``"; "``."""
+    return "; ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
+def print_error(message: str) -> None:
+    """Print ``tensorcask: error: MESSAGE`` (on one line) on stderr."""
+    print(f"{PROG}: error: {one_line(message)}", file=sys.stderr)
+
+
+# -- locating the repository --------------------------------------------------
+
+
+def base_dir(args: argparse.Namespace) -> Path:
+    """The directory the command runs as if started in (``-C``, else the cwd)."""
+    base = Path.cwd()
+    for part in args.directory or ():
+        base = base / part
+    return base
+
+
+def _find_root(start: Path) -> Path:
+    for candidate in (start, *start.parents):
+        if (candidate / FORMAT_FILE).is_file():  # the marker of a repository
+            return candidate
+    raise tc.RepositoryNotFoundError(
+        f"not a tensorcask repository (or any parent directory): {start}; "
+        "create one with `tensorcask init` or pass -C PATH"
+    )
+
+
+def open_repo(args: argparse.Namespace) -> tc.Repository:
+    """Open the repository: ``-C PATH`` itself, else the cwd or a parent of it."""
+    if args.directory:
+        return tc.Repository(base_dir(args))
+    return tc.Repository(_find_root(Path.cwd()))
+
+
+# -- argument parsing ---------------------------------------------------------
+
+
+def non_negative(text: str) -> int:
+    """An argparse ``type``: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def common_options(json_output: bool) -> argparse.ArgumentParser:
+    """Options every subcommand accepts (``--quiet`` may also follow the command)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
+    if json_output:
+        parent.add_argument("--json", action="store_true", help="print one JSON document")
+    return parent
+
+
+def add_command(
+    subs: Any, name: str, handler: Handler, help_text: str, json_output: bool = False
+) -> argparse.ArgumentParser:
+    """Add the subcommand ``name``, run by ``handler``, to the subparsers ``subs``."""
+    parser: argparse.ArgumentParser = subs.add_parser(
+        name, help=help_text, description=help_text, parents=[common_options(json_output)]
+    )
+    parser.set_defaults(handler=handler)
+    return parser
