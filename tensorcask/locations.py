@@ -82,6 +82,7 @@ class ColumnTable:
         schema: ColumnSchema,
         count: int,
         damaged: dict[int, CorruptionError] | None = None,
+        raw_keys: list[bytes] | None = None,
     ) -> None:
         self._arrays = arrays
         self.schema = schema
@@ -91,7 +92,7 @@ class ColumnTable:
         self.segments: np.ndarray | None = arrays.get("segments")
         self.rows: np.ndarray | None = arrays.get("rows")
         self.checksums: np.ndarray | None = arrays.get("checksums")
-        self._raw_keys: list[bytes] | None = None
+        self._raw_keys = raw_keys
         self._positions: dict[bytes, int] | None = None
         self._locations: list[Location] | None = None
 
@@ -132,9 +133,7 @@ class ColumnTable:
             arrays.update(memmap)
         else:
             arrays["locations"], arrays["location_lengths"] = _blob(resolved)
-        table = cls(arrays, schema, len(raw_keys), damaged)
-        table._raw_keys = raw_keys
-        return table
+        return cls(arrays, schema, len(raw_keys), damaged, raw_keys)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """What :meth:`from_arrays` needs to rebuild this table (for the cache)."""

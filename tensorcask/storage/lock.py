@@ -55,7 +55,7 @@ _LIVE: weakref.WeakSet[WriterLock] = weakref.WeakSet()
 
 def _close_inherited_locks() -> None:
     for lock in list(_LIVE):
-        lock._forget()
+        lock.forget_inherited()
 
 
 os.register_at_fork(after_in_child=_close_inherited_locks)
@@ -345,9 +345,10 @@ class WriterLock:
         """
         return read_holder(self.path)
 
-    def _forget(self) -> None:
-        # In a forked child: drop our copy of the descriptor without unlocking,
-        # which would unlock the parent's shared open file description.
+    def forget_inherited(self) -> None:
+        """In a forked child: drop this lock's copy without releasing the parent's."""
+        # Closing our descriptor copy without unlocking: unlocking would unlock
+        # the parent's shared open file description.
         fd, self._fd = self._fd, None
         if fd is not None:
             with contextlib.suppress(OSError):
