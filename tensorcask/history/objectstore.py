@@ -53,6 +53,11 @@ def kind_of(name: bytes) -> Kind:
     )
 
 
+def _checked_name(name: bytes) -> bytes:
+    kind_of(name)
+    return bytes(name)
+
+
 class WriteBatch:
     """New objects waiting to be stored together.
 
@@ -148,12 +153,14 @@ class MemoryObjectStore(ObjectStore):
         self._lock = threading.Lock()
 
     def get_many(self, names: Sequence[bytes]) -> list[bytes | None]:
+        wanted = [_checked_name(n) for n in names]
         with self._lock:
-            return [self._objects.get(bytes(n)) for n in names]
+            return [self._objects.get(n) for n in wanted]
 
     def has_many(self, names: Sequence[bytes]) -> list[bool]:
+        wanted = [_checked_name(n) for n in names]
         with self._lock:
-            return [bytes(n) in self._objects for n in names]
+            return [n in self._objects for n in wanted]
 
     def write(self, batch: WriteBatch) -> None:
         with self._lock:
@@ -165,8 +172,9 @@ class MemoryObjectStore(ObjectStore):
         return iter(chosen)
 
     def delete_many(self, names: Iterable[bytes]) -> int:
+        wanted = [_checked_name(n) for n in names]
         with self._lock:
-            return sum(self._objects.pop(bytes(n), None) is not None for n in names)
+            return sum(self._objects.pop(n, None) is not None for n in wanted)
 
 
 _TABLES: dict[Kind, str] = {"commit": "commits", "object": "objects"}

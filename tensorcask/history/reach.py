@@ -79,20 +79,26 @@ def ancestry(
 
     Commits in ``stop`` are neither returned nor walked past.
     """
+    # Depth first, each commit finished after its parents: the reverse of the
+    # finishing order lists every commit before its parents.
     seen: set[str] = set(stop)
-    order: list[CommitId] = []
-    stack = [s for s in starts if s not in seen]
+    finished: list[CommitId] = []
+    stack: list[tuple[str, bool]] = [(s, False) for s in starts]
     while stack:
-        cid = stack.pop()
+        cid, parents_done = stack.pop()
+        if parents_done:
+            finished.append(CommitId(cid))
+            continue
         if cid in seen:
             continue
         seen.add(cid)
         commit = _commit(history, cid, on_damage)
         if commit is None:
             continue
-        order.append(CommitId(cid))
-        stack.extend(p for p in commit.parents if p not in seen)
-    return order
+        stack.append((cid, True))
+        stack.extend((p, False) for p in reversed(commit.parents) if p not in seen)
+    finished.reverse()
+    return finished
 
 
 def newest_first(history: History, start: str, limit: int | None = None) -> Iterator[Commit]:
@@ -137,8 +143,11 @@ def reachable(
         Where the walk starts.
     excluding:
         Commits whose history the other side already has: their ancestry is
-        left out, and so is every object and digest found in the commits on
-        the border between the two sides.
+        left out, and so are the objects and digests that the commits on the
+        border between the two sides share with the new ones, found by
+        comparing each changed column with the same column across the border.
+        Commits are exact; objects and digests may include a few the other
+        side has (a page shared between two columns), never miss one it lacks.
     digests:
         Collect the content digests of reached record pages.
     on_damage:
@@ -162,8 +171,15 @@ def reachable(
         out.objects.add(root_hash)
         if root.tree != EMPTY_ROOT:
             new_tops.setdefault(root.tree, (name, root.schema))
+    # New pages are compared with the old pages of the same column only (a page
+    # shared across columns is sent again: never missed, at worst repeated), and
+    # an old column the new side shares whole holds nothing to compare against.
+    new_hashes = {h for h, _, _ in new_roots}
+    changed = {name for name, _ in new_tops.values()}
     old_tops = {
-        root.tree: (name, root.schema) for _, name, root in old_roots if root.tree != EMPTY_ROOT
+        root.tree: (name, root.schema)
+        for root_hash, name, root in old_roots
+        if root.tree != EMPTY_ROOT and root_hash not in new_hashes and name in changed
     }
     _walk_pages(history, new_tops, old_tops, out, digests, on_damage, on_leaf, progress)
     return out
@@ -293,7 +309,7 @@ def _leaves(
 ) -> None:
     """Visit the new leaves, a chunk at a time; their digests, less the old leaves' ones."""
     stale: set[bytes] = set()
-    if digests:
+    if digests and fresh:
         for chunk in _chunks(sorted(known)):
             for page in _pages(history, {h: names[h] for h in chunk}, on_damage).values():
                 stale.update(page.values())

@@ -16,6 +16,7 @@ Names made before these rules stay readable and writable.
 
 from __future__ import annotations
 
+import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ __all__ = ["HEADS", "TAGS", "LMDBRefs", "MemoryRefs", "RefsContainer"]
 HEADS = "heads/"
 TAGS = "tags/"
 _HEAD = b"HEAD"
+_COMMIT_ID = re.compile(r"[0-9a-fA-F]{40}")
 
 
 def _raw(name: str) -> bytes:
@@ -49,6 +51,15 @@ class RefsContainer(ABC):
 
     location: str
 
+    @staticmethod
+    def commit_value(value: str | None, what: str) -> str | None:
+        """``value`` as a lower-case 40-hex commit id (None stays None), or ValueError."""
+        if value is None:
+            return None
+        if not isinstance(value, str) or _COMMIT_ID.fullmatch(value) is None:
+            raise ValueError(f"{what} must be a 40-hex-digit commit id or None, not {value!r}")
+        return value.lower()
+
     @abstractmethod
     def get(self, name: str) -> CommitId | None:
         """The commit a full ref name (``heads/main``) points at, or None."""
@@ -58,7 +69,8 @@ class RefsContainer(ABC):
         """Move ``name`` from ``old`` to ``new`` (None: absent) if it still holds ``old``.
 
         Atomic: of several callers that saw the same ``old``, one wins and
-        the others get False.
+        the others get False. ``old`` and ``new`` are 40-hex commit ids (any
+        case) or None; anything else raises ``ValueError``.
         """
 
     @abstractmethod
@@ -121,6 +133,8 @@ class MemoryRefs(RefsContainer):
             return self._refs.get(name)
 
     def set_if_equals(self, name: str, old: str | None, new: str | None) -> bool:
+        old = self.commit_value(old, "old")
+        new = self.commit_value(new, "new")
         with self._lock:
             if self._refs.get(name) != old:
                 return False
@@ -170,6 +184,10 @@ class LMDBRefs(RefsContainer):
         return CommitId(raw.hex())
 
     def set_if_equals(self, name: str, old: str | None, new: str | None) -> bool:
+        old = self.commit_value(old, "old")
+        new = self.commit_value(new, "new")
+        if _raw(name) == _HEAD:
+            raise ValueError("HEAD is not a ref that holds a commit; use set_current_branch()")
         with self.db.write() as txn:
             if self.get(name) != old:
                 return False
