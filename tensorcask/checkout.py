@@ -135,6 +135,7 @@ class Checkout:
         commit: CommitId | None,
         store: ContentStore,
         sink: StagingSink | None = None,
+        columns: dict[str, Column] | None = None,
     ) -> None:
         self._parts = parts
         self._db = parts.db
@@ -143,10 +144,12 @@ class Checkout:
         self._store = store
         self._context = ColumnContext(parts, store, sink)
         self.commit_id = commit
-        self._columns: dict[str, Column] = {
-            name: Column(self._context, name, root.schema, root.tree, root.count)
+        # ``columns``: a dict the caller shares (a writer's staging sink checks it)
+        self._columns: dict[str, Column] = {} if columns is None else columns
+        self._columns.update(
+            (name, Column(self._context, name, root.schema, root.tree, root.count))
             for name, root in self._history.columns(commit).items()
-        }
+        )
 
     @property
     def closed(self) -> bool:
@@ -245,13 +248,21 @@ class ReadCheckout(Checkout):
         self._refuse("reset the staging area")
 
 
-class _Sink:
-    """The staging sink a write checkout hands its columns (see :class:`StagingSink`)."""
+class _StagingWriter:
+    """The staging sink a write checkout hands its columns (see :class:`StagingSink`):
+    stores samples, then publishes their index entries and staged records."""
 
-    __slots__ = ("_checkout",)
-
-    def __init__(self, checkout: WriteCheckout) -> None:
-        self._checkout = checkout
+    def __init__(
+        self,
+        parts: RepositoryParts,
+        store: ContentStore,
+        lock: WriterLock,
+        columns: dict[str, Column],
+    ) -> None:
+        self.parts = parts
+        self.store = store
+        self.lock = lock
+        self.columns = columns  # the checkout's own dict, updated in place
 
     def write(
         self,
@@ -260,13 +271,33 @@ class _Sink:
         payloads: np.ndarray | list[Payload],
         digests: list[Any],
     ) -> None:
-        self._checkout._write(column, raw_keys, payloads, digests)
+        db, store = self.parts.db, self.store
+        db.check_identity()  # never write payloads for a removed repository
+        self.lock.check_owned()
+        with db.read() as txn:
+            missing = store.missing(txn, digests)
+        schema = column.schema
+        entries = store.append(schema.backend, schema.compression, payloads, digests, missing)
+        with db.write() as txn:
+            store.publish(txn, entries)
+            self.parts.staging.put(txn, column.name, raw_keys, digests)
+        store.maintain()
 
     def delete(self, column: Column, raw_key: bytes, *, staged_only: bool) -> None:
-        self._checkout._delete(column, raw_key, staged_only=staged_only)
+        self.lock.check_owned()
+        staging = self.parts.staging
+        with self.parts.db.write() as txn:
+            if staged_only:
+                staging.unstage(txn, column.name, raw_key)
+            else:
+                staging.put(txn, column.name, [raw_key], [DELETED])
 
     def check_column(self, column: Column) -> None:
-        self._checkout._check_column(column)
+        if self.columns.get(column.name) is not column:
+            raise KeyError(
+                f"column {column.name!r} was deleted or replaced in this checkout; "
+                f"use co[{column.name!r}] to get the current one"
+            )
 
 
 class WriteCheckout(Checkout):
@@ -295,7 +326,9 @@ class WriteCheckout(Checkout):
             state = self._open_staging(parts, branch)
             store = parts.writable_store()
             base = CommitId(state.base) if state.base else None
-            super().__init__(parts, base, store, _Sink(self))
+            columns: dict[str, Column] = {}
+            sink = _StagingWriter(parts, store, self._lock, columns)
+            super().__init__(parts, base, store, sink, columns)
             self._apply_staged_columns(state)
         except BaseException:
             self._lock.release()
@@ -346,13 +379,6 @@ class WriteCheckout(Checkout):
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"branch={self.branch!r} base={self.commit_id}"
         return f"<WriteCheckout {state} columns={sorted(self._columns)}>"
-
-    def _check_column(self, column: Column) -> None:
-        if self._columns.get(column.name) is not column:
-            raise KeyError(
-                f"column {column.name!r} was deleted or replaced in this checkout; "
-                f"use co[{column.name!r}] to get the current one"
-            )
 
     # -- columns ---------------------------------------------------------
 
@@ -470,34 +496,6 @@ class WriteCheckout(Checkout):
             )
         return state
 
-    # -- writes (called by columns) -------------------------------------
-
-    def _write(
-        self,
-        column: Column,
-        raw_keys: list[bytes],
-        payloads: np.ndarray | list[Payload],
-        digests: list[Any],
-    ) -> None:
-        self._db.check_identity()  # never write payloads for a removed repository
-        self._lock.check_owned()
-        with self._db.read() as txn:
-            missing = self._store.missing(txn, digests)
-        schema = column.schema
-        entries = self._store.append(schema.backend, schema.compression, payloads, digests, missing)
-        with self._db.write() as txn:
-            self._store.publish(txn, entries)
-            self._staging.put(txn, column.name, raw_keys, digests)
-        self._store.maintain()
-
-    def _delete(self, column: Column, raw_key: bytes, *, staged_only: bool) -> None:
-        self._lock.check_owned()
-        with self._db.write() as txn:
-            if staged_only:
-                self._db.delete(txn, "staging", column.name.encode() + b"\0" + raw_key)
-            else:
-                self._staging.put(txn, column.name, [raw_key], [DELETED])
-
     def _flush_all(self) -> None:
         for column in self._columns.values():
             column.flush()
@@ -587,7 +585,8 @@ class WriteCheckout(Checkout):
                 fresh[name] = column
             else:
                 fresh[name] = Column(self._context, name, root.schema, root.tree, root.count)
-        self._columns = fresh
+        self._columns.clear()  # in place: the staging writer shares this dict
+        self._columns.update(fresh)
 
     def reset_staging_area(self) -> None:
         """Drop every staged change; the checkout returns to its base commit."""

@@ -220,22 +220,21 @@ def _column_roots(
 
     With ``out``, record roots not seen before are added to ``out.objects``.
     """
-    where: dict[bytes, str] = {}
+    commit_of: dict[bytes, str] = {}  # record root -> the first commit found with it
     for cid in commits:
         commit = _commit(history, cid, on_damage)
-        if commit is not None and commit.records not in where:
-            where[commit.records] = f"record root of commit {cid}"
+        if commit is not None:
+            commit_of.setdefault(commit.records, cid)
     if out is not None:
-        fresh = [r for r in where if r not in out.objects]
-        out.objects.update(fresh)
+        out.objects.update(commit_of)
+    where = {r: f"record root of commit {cid}" for r, cid in commit_of.items()}
     records = _load(history, list(where), where, on_damage)
     root_where: dict[bytes, str] = {}
     names: dict[bytes, str] = {}
     for record_hash, data in records.items():
         for name, root_hash in RecordRoot.from_bytes(data).columns:
             if root_hash not in root_where:
-                cid = where[record_hash].rpartition(" ")[2]
-                root_where[root_hash] = f"column {name!r} of commit {cid}"
+                root_where[root_hash] = f"column {name!r} of commit {commit_of[record_hash]}"
                 names[root_hash] = name
     loaded = _load(history, list(root_where), root_where, on_damage)
     return [(h, names[h], ColumnRoot.from_bytes(data)) for h, data in loaded.items()]

@@ -75,6 +75,10 @@ class Staging:
         items = [(prefix + k, v) for k, v in zip(keys, values, strict=True)]
         self.db.cursor(txn, "staging").putmulti(items, dupdata=False, overwrite=True)
 
+    def unstage(self, txn: lmdb.Transaction, column: str, key: bytes) -> None:
+        """Forget the staged record of one key (a key that exists only staged)."""
+        self.db.delete(txn, "staging", column.encode() + _SEP + key)
+
     def get(self, txn: lmdb.Transaction, column: str, key: bytes) -> bytes | None:
         """The staged value of one key: a digest, ``DELETED``, or None if not staged."""
         value = self.db.get(txn, "staging", column.encode() + _SEP + key)
