@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,3 +31,68 @@ def mnist_like() -> tuple[np.ndarray, np.ndarray]:
     images = rng.integers(0, 256, size=(32, 28, 28), dtype=np.uint8)
     labels = rng.integers(0, 10, size=32, dtype=np.int64)
     return images, labels
+
+
+# -- a real S3-protocol server (moto) on 127.0.0.1, reached through s3fs -------
+
+_BUCKETS = itertools.count()
+
+
+class S3Server:
+    """One moto server on an ephemeral port (started by :meth:`start`)."""
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.endpoint_url = ""
+
+    def start(self) -> S3Server:
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        self.endpoint_url = f"http://{host}:{port}"
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        """What a user passes to reach this server (``add_remote(..., **options)``)."""
+        return {
+            "key": "testing",
+            "secret": "testing",
+            "endpoint_url": self.endpoint_url,
+            "client_kwargs": {"region_name": "us-east-1"},
+            "use_listings_cache": False,
+        }
+
+    def filesystem(self) -> Any:
+        """A fresh s3fs filesystem on this server (no instance cache)."""
+        import s3fs
+
+        return s3fs.S3FileSystem(skip_instance_cache=True, **self.storage_options)
+
+    def new_bucket(self) -> str:
+        """Create a bucket of its own for one test; its name."""
+        name = f"bucket-{next(_BUCKETS)}"
+        self.filesystem().call_s3("create_bucket", Bucket=name)
+        return name
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto's threaded S3 server for the whole session; it enforces ``If-None-Match`` and
+    ``If-Match`` (412) as S3 does. Tests take a bucket of their own (:meth:`S3Server.new_bucket`)."""
+    server = S3Server().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_url(s3_server: S3Server) -> str:
+    """``s3://<a fresh bucket>/repo``: reach it with ``s3_server.storage_options``."""
+    return f"s3://{s3_server.new_bucket()}/repo"

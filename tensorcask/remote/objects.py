@@ -1,0 +1,59 @@
+"""History objects on a remote: an :class:`~tensorcask.history.objectstore.ObjectStore` over packs.
+
+Each :meth:`RemoteObjectStore.write` stores its batch as one pack in the
+remote's ``objects/`` folder; the pack's index appears last, so a batch is
+visible whole or not at all. Objects are returned as stored: ``History``
+checks each against its name before decoding it, as it does locally.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+from ..history.objectstore import (
+    COMMIT_NAME_BYTES,
+    OBJECT_NAME_BYTES,
+    Kind,
+    ObjectStore,
+    WriteBatch,
+    kind_of,
+)
+from .packs import PackSet
+from .transport import Transport
+
+__all__ = ["OBJECTS_FOLDER", "RemoteObjectStore"]
+
+OBJECTS_FOLDER = "objects"
+_LENGTH: dict[Kind, int] = {"commit": COMMIT_NAME_BYTES, "object": OBJECT_NAME_BYTES}
+
+
+class RemoteObjectStore(ObjectStore):
+    """The history objects of one remote (commits and the objects they reach), in packs."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.packs = PackSet(transport, OBJECTS_FOLDER)
+        self.location = transport.path(OBJECTS_FOLDER)
+
+    def get_many(self, names: Sequence[bytes]) -> list[bytes | None]:
+        wanted = [bytes(n) for n in names]
+        for n in wanted:
+            kind_of(n)
+        return self.packs.get_many(wanted)
+
+    def has_many(self, names: Sequence[bytes]) -> list[bool]:
+        wanted = [bytes(n) for n in names]
+        for n in wanted:
+            kind_of(n)
+        return self.packs.has_many(wanted)
+
+    def write(self, batch: WriteBatch) -> None:
+        self.packs.write(list(batch.items()))
+
+    def names(self, kind: Kind, prefix: bytes = b"") -> Iterator[bytes]:
+        return self.packs.names(_LENGTH[kind], bytes(prefix))
+
+    def delete_many(self, names: Iterable[bytes]) -> int:
+        wanted = [bytes(n) for n in names]
+        for n in wanted:
+            kind_of(n)
+        return self.packs.delete_many(wanted)

@@ -1,0 +1,227 @@
+"""One fsspec filesystem plus a root path: the few operations a remote needs.
+
+Everything a remote does goes through :class:`Transport`: list a folder,
+read whole objects or byte ranges (many at once, concurrently where the
+filesystem is asynchronous), write an object, create one only if it does not
+exist, remove objects. Errors of the filesystem become
+:class:`~tensorcask.errors.RemoteError` naming the URL, except
+``FileNotFoundError`` / ``FileExistsError``, which callers act on.
+
+Listings bypass fsspec's listing cache: another client may have written
+since.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from ..errors import CaskError, RemoteError
+
+__all__ = ["Transport", "open_transport"]
+
+T = TypeVar("T")
+
+
+class Transport:
+    """A remote's filesystem and root.
+
+    Parameters
+    ----------
+    fs:
+        An fsspec filesystem.
+    root:
+        The remote's root path on ``fs`` (no protocol, no trailing slash).
+    url:
+        The URL the user gave, for messages.
+    """
+
+    def __init__(self, fs: Any, root: str, url: str) -> None:
+        self.fs = fs
+        self.root = root.rstrip("/")
+        self.url = url
+        # Local files are written whole under a temporary name, then renamed (put) or
+        # hard-linked (create): a killed writer never leaves a torn object behind.
+        self.local = "file" in _protocols(fs)
+
+    def path(self, relative: str) -> str:
+        """Full path of ``relative`` under the root."""
+        return f"{self.root}/{relative}" if relative else self.root
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except (FileNotFoundError, FileExistsError):
+            raise
+        except CaskError:
+            raise
+        except Exception as exc:  # network, permissions, throttling: all say where
+            raise RemoteError(
+                f"remote {self.url}: {what} failed: {type(exc).__name__}: {exc}; check the URL, "
+                "the storage options (credentials, endpoint_url) and the network, then retry"
+            ) from exc
+
+    def list_names(self, relative: str) -> list[str]:
+        """Names of the files directly in a folder (empty if it does not exist)."""
+        full = self.path(relative)
+
+        def run() -> list[str]:
+            self.fs.invalidate_cache(full)
+            try:
+                entries = self.fs.ls(full, detail=True)
+            except FileNotFoundError:
+                return []
+            return [
+                e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "file"
+            ]
+
+        return self._call(f"listing {full}", run)
+
+    def find(self, relative: str) -> list[str]:
+        """Paths (relative to ``relative``) of every file below a folder."""
+        full = self.path(relative)
+
+        def run() -> list[str]:
+            self.fs.invalidate_cache(full)
+            try:
+                found = self.fs.find(full)
+            except FileNotFoundError:
+                return []
+            base = self.fs._strip_protocol(full).rstrip("/") + "/"
+            return sorted(p[len(base) :] for p in found if p.startswith(base))
+
+        return self._call(f"listing {full}", run)
+
+    def cat(self, path: str) -> bytes:
+        """The bytes of one object (``FileNotFoundError`` if absent)."""
+        return self._call(f"reading {path}", lambda: bytes(self.fs.cat_file(path)))
+
+    def cat_many(self, paths: Sequence[str]) -> list[bytes]:
+        """The bytes of several objects, read concurrently where the filesystem allows."""
+        if not paths:
+            return []
+
+        def run() -> list[bytes]:
+            got = self.fs.cat(list(paths), on_error="return")
+            out = []
+            for p in paths:
+                value = got[p] if p in got else got.get(self.fs._strip_protocol(p))
+                if isinstance(value, FileNotFoundError) or value is None:
+                    raise FileNotFoundError(p)
+                if isinstance(value, BaseException):
+                    raise value
+                out.append(bytes(value))
+            return out
+
+        return self._call(f"reading {len(paths)} objects under {self.url}", run)
+
+    def cat_ranges(self, paths: Sequence[str], starts: Sequence[int], ends: Sequence[int]) -> list[bytes]:
+        """Byte ranges ``[start, end)`` of objects, read concurrently where the filesystem allows."""
+        if not paths:
+            return []
+        return self._call(
+            f"reading {len(paths)} ranges under {self.url}",
+            lambda: [
+                bytes(b)
+                for b in self.fs.cat_ranges(list(paths), list(starts), list(ends), on_error="raise")
+            ],
+        )
+
+    def put(self, path: str, data: bytes) -> None:
+        """Write an object (replacing any at ``path``); readers see all of it or nothing."""
+        if self.local:
+            self._call(f"writing {path}", lambda: _local_write(path, data, exclusive=False))
+            return
+        self._call(
+            f"writing {path}", lambda: self._parented(path, lambda: self.fs.pipe_file(path, data))
+        )
+
+    def create(self, path: str, data: bytes) -> bool:
+        """Write an object only if none exists at ``path``; whether it was written.
+
+        Exclusive create: ``If-None-Match: *`` on S3, a hard link (which fails
+        if the name exists) on local files.
+        """
+
+        def run() -> bool:
+            try:
+                if self.local:
+                    _local_write(path, data, exclusive=True)
+                else:
+                    self._parented(path, lambda: self._create(path, data))
+            except FileExistsError:
+                return False
+            return True
+
+        return self._call(f"creating {path}", run)
+
+    def _create(self, path: str, data: bytes) -> None:
+        with self.fs.open(path, "xb") as f:
+            f.write(data)
+
+    def _parented(self, path: str, write: Callable[[], None]) -> None:
+        try:
+            write()
+        except FileNotFoundError:  # filesystems with real folders want the parent first
+            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            write()
+
+    def remove(self, paths: Sequence[str]) -> None:
+        """Remove objects (absent ones are ignored)."""
+        for path in paths:
+            try:
+                self._call(f"removing {path}", lambda p=path: self.fs.rm_file(p))
+            except FileNotFoundError:
+                pass
+
+    def read_json(self, path: str) -> Any:
+        """A JSON document, or None if absent."""
+        try:
+            return json.loads(self.cat(path))
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise RemoteError(f"remote {self.url}: {path} is not valid JSON ({exc})") from exc
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
+def _local_write(path: str, data: bytes, *, exclusive: bool) -> None:
+    """Write a local file whole: a fsynced temporary file, then a rename or a hard link."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if exclusive:
+            os.link(tmp, path)  # FileExistsError if the name is taken
+        else:
+            os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def open_transport(url: str, storage_options: dict[str, Any] | None = None) -> Transport:
+    """The transport of ``url`` (any fsspec URL; a plain path is a local folder)."""
+    import fsspec  # fsspec is imported only by what uses remotes
+
+    if not isinstance(url, str) or not url:
+        raise ValueError(f"a remote URL must be a non-empty str, not {url!r}")
+    try:
+        fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    except (ImportError, ValueError, TypeError) as exc:
+        raise RemoteError(
+            f"cannot open remote {url}: {exc}; for s3:// URLs install s3fs "
+            "(`pip install tensorcask[s3]`), and check the storage options"
+        ) from exc
+    return Transport(fs, str(root), url)
