@@ -33,6 +33,9 @@ from .history.diff import ColumnDiff, Diff
 from .history.merge import Conflict
 from .history.objects import CommitInfo
 from .maintenance import GCReport, VerifyReport
+from .remote.check import RemoteVerifyReport
+from .remote.clone import clone
+from .remote.sync import FetchResult, PushResult
 from .repository import Repository, init
 
 __version__ = "0.1.0"
@@ -49,13 +52,16 @@ __all__ = [
     "CorruptionError",
     "DataNotLocalError",
     "Diff",
+    "FetchResult",
     "GCReport",
     "MergeConflictError",
     "PurgedDataError",
+    "PushResult",
     "ReadCheckout",
     "ReadOnlyError",
     "RefNotFoundError",
     "RemoteError",
+    "RemoteVerifyReport",
     "Repository",
     "RepositoryNotFoundError",
     "SchemaError",
@@ -63,5 +69,6 @@ __all__ = [
     "WriteCheckout",
     "WriterLockError",
     "__version__",
+    "clone",
     "init",
 ]

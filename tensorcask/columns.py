@@ -27,7 +27,7 @@ from .locations import ColumnTable
 from .parts import RepositoryParts
 from .samples import Value, from_payload, prepare_batch, prepare_one
 from .storage.base import Location, Payload
-from .storage.content import ContentStore, missing_location_error
+from .storage.content import ContentStore
 
 __all__ = ["BUFFER_SAMPLES", "Column", "ColumnContext", "StagingSink"]
 
@@ -196,7 +196,7 @@ class Column:
         except CorruptionError as exc:
             raise sample_error(exc, self.name, key) from exc
         if loc is None:
-            raise missing_location_error(self.name, key, Digest(digest), self._co.parts.db.path)
+            raise self._co.store.absent(digest, self.name, key)
         return loc
 
     def _read(self, digest: bytes, loc: Location, key: object) -> Payload:
@@ -260,7 +260,7 @@ class Column:
         locs: list[Location] = []
         for key, digest, loc in zip(key_list, digests, located, strict=True):
             if loc is None:
-                raise missing_location_error(self.name, key, Digest(digest), self._co.parts.db.path)
+                raise self._co.store.absent(digest, self.name, key)
             locs.append(loc)
         stack = self.schema.kind == "ndarray" and self.schema.fixed
         if stack and not locs:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import ast
 import re
-from typing import Any
+from typing import Any, Self
 
 __all__ = [
     "AmbiguousRefError",
@@ -56,6 +56,14 @@ __all__ = [
 
 class CaskError(Exception):
     """Base class of every error tensorcask raises on purpose."""
+
+    def again(self) -> Self:
+        """A fresh copy to raise. Damage found once is often reported many times
+        (a damaged run, a damaged record of a table); raising one instance
+        again would chain every raise's traceback, and the frames (open read
+        transactions among them) onto it."""
+        error: Self = _restore(type(self), self.args, dict(self.__dict__))
+        return error
 
     def __str__(self) -> str:
         # KeyError.__str__ quotes its argument; keep messages readable.
@@ -139,14 +147,6 @@ class CorruptionError(CaskError):
         # The fields travel as they are; unpickling neither calls __init__
         # (a subclass may take other arguments) nor reads them from the text.
         return _restore, (type(self), self.args, self.__dict__)
-
-    def again(self) -> CorruptionError:
-        """A fresh copy to raise. Damage found once is often reported many times
-        (a damaged run, a damaged record of a table); raising one instance
-        again would chain every raise's traceback, and the frames (open read
-        transactions among them) onto it."""
-        error: CorruptionError = _restore(type(self), self.args, dict(self.__dict__))
-        return error
 
 
 def _restore(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> Any:

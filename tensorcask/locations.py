@@ -25,7 +25,7 @@ from typing import cast, overload
 
 import numpy as np
 
-from .errors import CorruptionError
+from .errors import CaskError, CorruptionError
 from .history.objects import ColumnRoot, ColumnSchema
 from .history.tree import RecordTree
 from .storage.base import Location, Payload, TableRows
@@ -81,7 +81,7 @@ class ColumnTable:
         arrays: Mapping[str, np.ndarray],
         schema: ColumnSchema,
         count: int,
-        damaged: dict[int, CorruptionError] | None = None,
+        damaged: dict[int, CaskError] | None = None,
         raw_keys: list[bytes] | None = None,
     ) -> None:
         self._arrays = arrays
@@ -100,9 +100,18 @@ class ColumnTable:
 
     @classmethod
     def build(
-        cls, tree: RecordTree, root: bytes, lookup: Lookup, schema: ColumnSchema
+        cls,
+        tree: RecordTree,
+        root: bytes,
+        lookup: Lookup,
+        schema: ColumnSchema,
+        absent: Callable[[bytes], CaskError] | None = None,
     ) -> ColumnTable:
-        """Resolve a column from its record tree and the content index."""
+        """Resolve a column from its record tree and the content index.
+
+        ``absent(digest)`` makes the error of a record whose content is not
+        there (default: the repository is damaged).
+        """
         raw_keys: list[bytes] = []
         blobs: list[bytes] = []
         for leaf in tree.leaves(root):
@@ -111,14 +120,14 @@ class ColumnTable:
         digests = b"".join(blobs)
         wanted = [digests[i : i + 32] for i in range(0, len(digests), 32)]
         found = lookup(wanted)
-        damaged: dict[int, CorruptionError] = {}
+        damaged: dict[int, CaskError] = {}
         good = next((raw for raw in found if isinstance(raw, bytes)), None)
         resolved: list[bytes] = []
         for i, raw in enumerate(found):
             if isinstance(raw, bytes):
                 resolved.append(raw)
                 continue
-            damaged[i] = raw if raw is not None else _missing(wanted[i])
+            damaged[i] = raw if raw is not None else (absent or _missing)(wanted[i])
             resolved.append(good or b"")  # a placeholder that is never read
         arrays: dict[str, np.ndarray] = {
             "digests": np.frombuffer(digests, np.uint8).reshape(-1, 32)
@@ -344,7 +353,9 @@ class ColumnTables:
         return table
 
     def _build(self, root: ColumnRoot) -> ColumnTable:
-        return ColumnTable.build(self.tree, root.tree, self.store.lookup_raw, root.schema)
+        return ColumnTable.build(
+            self.tree, root.tree, self.store.lookup_raw, root.schema, self.store.absent
+        )
 
     def _sound(self, root: ColumnRoot) -> dict[str, np.ndarray] | None:
         """A fresh build's arrays, or None when some record could not be resolved."""

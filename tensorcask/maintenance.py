@@ -33,6 +33,8 @@ class VerifyReport:
     pages: int = 0
     samples: int = 0
     full: bool = False
+    not_local: int = 0
+    """Samples a partial clone has not fetched (not a problem: they are on its remote)."""
 
     def add(self, problem: str) -> None:
         """Record one problem."""
@@ -45,6 +47,8 @@ class VerifyReport:
             f"verified {what}{self.commits} commits, {self.pages} pages, {self.samples} samples: "
             + ("ok" if self.ok else f"{len(self.problems)} problem(s)")
         )
+        if self.not_local:
+            head += f" ({self.not_local} samples not fetched into this partial clone)"
         return "\n".join([head, *self.problems])
 
 
@@ -171,7 +175,9 @@ class _SampleChecker:
         except _PROBLEMS as exc:
             report.add(f"column {column!r}, key {decode_key(raw_key)!r}: {exc}")
             return
-        if loc is None:
+        if loc is None and self.store.partial_remote is not None:
+            report.not_local += 1
+        elif loc is None:
             report.add(
                 f"column {column!r}, key {decode_key(raw_key)!r}: content "
                 f"{digest.hex()[:16]} is missing"

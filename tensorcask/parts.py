@@ -136,6 +136,7 @@ class RepositoryParts:
         self.history = History(self.objects, self.refs)
         self.staging = Staging(self.db)
         self.store = ContentStore(self.path / DATA_DIR, self.db, writable=False)
+        self.store.partial_remote = self.partial_remote()
         self.tables = ColumnTables(
             self.history.tree,
             self.store,
@@ -198,7 +199,14 @@ class RepositoryParts:
 
     def writable_store(self) -> ContentStore:
         """A content store that may append (a writer's, or gc's); close it after use."""
-        return ContentStore(self.path / DATA_DIR, self.db, writable=True)
+        store = ContentStore(self.path / DATA_DIR, self.db, writable=True)
+        store.partial_remote = self.store.partial_remote
+        return store
+
+    def partial_remote(self) -> str | None:
+        """The remote a partial clone fetches its missing samples from (None: complete)."""
+        value = self.config().get("partial_remote")
+        return value if isinstance(value, str) else None
 
     def close(self) -> None:
         """Release file handles. Idempotent."""

@@ -30,6 +30,7 @@ from .keys import utf8, validate_ref_name
 from .layout import DATA_DIR, FORMAT_FILE, META_DIR, WRITER_LOCK_FILE
 from .maintenance import GCReport, Progress, VerifyReport, collect_garbage, verify_repository
 from .parts import FORMAT_TEXT, RepositoryParts
+from .remote.methods import RemoteMethods
 from .report import render_summary
 from .storage.db import MetaDB
 from .storage.lock import force_release
@@ -134,7 +135,7 @@ def init(
     return Repository(root)
 
 
-class Repository:
+class Repository(RemoteMethods):
     """An existing repository on local disk.
 
     Parameters

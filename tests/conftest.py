@@ -83,8 +83,10 @@ class S3Server:
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
-    """moto's threaded S3 server for the whole session; it enforces ``If-None-Match`` and
-    ``If-Match`` (412) as S3 does. Tests take a bucket of their own (:meth:`S3Server.new_bucket`)."""
+    """moto's threaded S3 server for the whole session.
+
+    It enforces ``If-None-Match`` and ``If-Match`` (412) as S3 does. Tests
+    take a bucket of their own (:meth:`S3Server.new_bucket`)."""
     server = S3Server().start()
     try:
         yield server

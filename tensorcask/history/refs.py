@@ -27,10 +27,12 @@ from ..keys import validate_ref_name
 from ..storage.db import MetaDB
 from .objects import CommitId
 
-__all__ = ["HEADS", "TAGS", "LMDBRefs", "MemoryRefs", "RefsContainer"]
+__all__ = ["HEADS", "REMOTES", "TAGS", "LMDBRefs", "MemoryRefs", "RefsContainer"]
 
 HEADS = "heads/"
 TAGS = "tags/"
+REMOTES = "remotes/"
+"""Where a repository remembers a remote's branches: ``remotes/<remote>/<branch>``."""
 _HEAD = b"HEAD"
 _COMMIT_ID = re.compile(r"[0-9a-fA-F]{40}")
 

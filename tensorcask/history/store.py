@@ -14,7 +14,7 @@ from ..errors import AmbiguousRefError, CorruptionError, RefNotFoundError
 from ..hashing import object_hash
 from .objects import ColumnRoot, Commit, CommitId, RecordRoot, commit_id_of
 from .objectstore import ObjectStore, WriteBatch
-from .refs import HEADS, TAGS, RefsContainer
+from .refs import HEADS, REMOTES, TAGS, RefsContainer
 from .tree import RecordTree
 
 __all__ = ["History"]
@@ -97,7 +97,8 @@ class History:
     # -- refs ------------------------------------------------------------
 
     def resolve(self, ref: str) -> CommitId:
-        """Full commit id of a full id, branch, tag or unique prefix (>= 4 hex), in that order.
+        """Full commit id of a full id, branch, tag, remote branch (``origin/main``) or
+        unique prefix (>= 4 hex), in that order.
 
         A full 40-hex id of an existing commit always names that commit, so
         no branch or tag can hide it (names that look like ids are refused
@@ -112,7 +113,7 @@ class History:
             full = ref.lower()
             if self.objects.has(bytes.fromhex(full)):
                 return CommitId(full)
-        for name in (HEADS + ref, TAGS + ref):
+        for name in (HEADS + ref, TAGS + ref, REMOTES + ref):
             found = self.refs.get(name)
             if found is not None:
                 return found

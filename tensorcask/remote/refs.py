@@ -69,9 +69,7 @@ class RemoteRefs(RefsContainer):
         folder = self._folder(name)
         for _ in range(_RETRIES):
             numbers = [
-                n
-                for n in map(_version_number, self.transport.list_names(folder))
-                if n is not None
+                n for n in map(_version_number, self.transport.list_names(folder)) if n is not None
             ]
             if not numbers:
                 return 0, None

@@ -13,6 +13,8 @@ since.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import uuid
@@ -118,7 +120,9 @@ class Transport:
 
         return self._call(f"reading {len(paths)} objects under {self.url}", run)
 
-    def cat_ranges(self, paths: Sequence[str], starts: Sequence[int], ends: Sequence[int]) -> list[bytes]:
+    def cat_ranges(
+        self, paths: Sequence[str], starts: Sequence[int], ends: Sequence[int]
+    ) -> list[bytes]:
         """Byte ranges ``[start, end)`` of objects, read concurrently where the filesystem allows."""
         if not paths:
             return []
@@ -172,10 +176,8 @@ class Transport:
     def remove(self, paths: Sequence[str]) -> None:
         """Remove objects (absent ones are ignored)."""
         for path in paths:
-            try:
-                self._call(f"removing {path}", lambda p=path: self.fs.rm_file(p))
-            except FileNotFoundError:
-                pass
+            with contextlib.suppress(FileNotFoundError):
+                self._call(f"removing {path}", functools.partial(self.fs.rm_file, path))
 
     def read_json(self, path: str) -> Any:
         """A JSON document, or None if absent."""

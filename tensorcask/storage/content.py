@@ -16,7 +16,7 @@ from pathlib import Path
 import lmdb
 import numpy as np
 
-from ..errors import CorruptionError, ReadOnlyError
+from ..errors import CaskError, CorruptionError, DataNotLocalError, ReadOnlyError
 from ..hashing import Digest
 from ..layout import INDEX_DIR
 from .backends import open_backend
@@ -40,7 +40,15 @@ class ContentStore:
         The metadata database holding the ``content`` table.
     writable:
         Whether this store may append (only a write checkout's store is).
+
+    Attributes
+    ----------
+    partial_remote:
+        In a partial clone, the remote that holds the samples not fetched
+        yet (see :meth:`absent`); None in a complete repository.
     """
+
+    partial_remote: str | None = None
 
     def __init__(self, data_dir: Path, db: MetaDB, *, writable: bool) -> None:
         self.data_dir = Path(data_dir)
@@ -175,6 +183,23 @@ class ContentStore:
         loc = self._locations[digest] = Location.from_bytes(raw)
         return loc
 
+    def absent(self, digest: bytes, column: str | None = None, key: object = None) -> CaskError:
+        """The error for content a record refers to and this store lacks.
+
+        :class:`~tensorcask.errors.DataNotLocalError` naming the remote in a
+        partial clone (the data was never fetched), else the
+        :class:`~tensorcask.errors.CorruptionError` of a damaged repository.
+        """
+        if self.partial_remote is None:
+            return missing_location_error(column, key, Digest(digest), self.db.path)
+        where = "" if column is None else f"column {column!r}, key {key!r}: "
+        return DataNotLocalError(
+            f"{where}content {digest.hex()[:16]} is not local: this is a partial clone and its "
+            f"data has not been fetched; fetch it from remote {self.partial_remote!r} with "
+            f"repo.fetch_data({self.partial_remote!r}, <ref>, columns=[...]) or "
+            f"`tensorcask fetch --data {self.partial_remote}`"
+        )
+
     def fetch(
         self,
         digests: Sequence[bytes],
@@ -270,10 +295,13 @@ class ContentStore:
         return out
 
 
-def missing_location_error(column: str, key: object, digest: Digest, path: Path) -> CorruptionError:
+def missing_location_error(
+    column: str | None, key: object, digest: Digest, path: Path
+) -> CorruptionError:
     """The error for a record whose content is not in the index."""
+    where = "" if column is None else f"column {column!r}, key {key!r}: "
     return CorruptionError(
-        f"column {column!r}, key {key!r}: content {digest.hex()[:16]} is not in the content "
+        f"{where}content {digest.hex()[:16]} is not in the content "
         f"index of {path}; the repository is damaged: run `tensorcask verify --full`",
         column=column,
         key=key,

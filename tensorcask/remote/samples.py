@@ -1,0 +1,83 @@
+"""Sample bytes on a remote: self-describing entries in the packs of ``data/``.
+
+An entry is named by the sample's content digest and holds what is needed to
+check it against that digest and to store it again: its kind, and for arrays
+the dtype and shape, then the bytes. Nothing fetched is stored or returned
+before it hashes to its name.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..errors import CorruptionError
+from ..hashing import array_digest_prefix, blob_digest
+from ..storage.base import Payload
+
+__all__ = ["DATA_FOLDER", "decode_sample", "encode_sample"]
+
+DATA_FOLDER = "data"
+_KINDS = ("ndarray", "str", "bytes")
+
+
+def encode_sample(kind: str, payload: Payload) -> bytes:
+    """The pack entry of one stored sample (``payload`` as the backend returns it)."""
+    if kind == "ndarray":
+        arr = np.asarray(payload)
+        if not arr.flags.c_contiguous:  # (np.ascontiguousarray would make a 0-d array 1-d)
+            arr = arr.copy(order="C")
+        dtype = arr.dtype.str.encode()
+        head = struct.pack(
+            f"<BB{len(dtype)}sB{arr.ndim}Q", 0, len(dtype), dtype, arr.ndim, *arr.shape
+        )
+        return head + arr.tobytes()
+    return bytes([_KINDS.index(kind)]) + bytes(payload)
+
+
+def decode_sample(entry: bytes, digest: bytes, where: str) -> tuple[str, Payload]:
+    """``(kind, payload)`` of an entry, once it hashes to ``digest``; else CorruptionError."""
+    try:
+        kind = _KINDS[entry[0]]
+        if kind == "ndarray":
+            n = entry[1]
+            dtype = np.dtype(entry[2 : 2 + n].decode())
+            ndim = entry[2 + n]
+            shape = struct.unpack_from(f"<{ndim}Q", entry, 3 + n)
+            body = memoryview(entry)[3 + n + 8 * ndim :]
+            h = array_digest_prefix(dtype, shape)
+            h.update(body)
+            ok = h.digest() == digest
+            payload: Payload = np.frombuffer(body, dtype).reshape(shape) if ok else b""
+        else:
+            payload = bytes(entry[1:])
+            ok = blob_digest(kind, payload) == digest
+    except (IndexError, ValueError, TypeError, struct.error):
+        ok = False
+        kind = ""
+        payload = b""
+    if not ok:
+        raise CorruptionError(
+            f"sample {digest.hex()[:16]} in {where} does not hash to its digest; the remote is "
+            "damaged: run `repo.verify_remote()` and push the data again from a complete copy",
+            path=where,
+        )
+    return kind, payload
+
+
+def decode_many(
+    entries: Sequence[bytes | None], digests: Sequence[bytes], where: str
+) -> list[tuple[str, Payload]]:
+    """:func:`decode_sample` of each entry; a missing one raises CorruptionError."""
+    out = []
+    for entry, digest in zip(entries, digests, strict=True):
+        if entry is None:
+            raise CorruptionError(
+                f"sample {digest.hex()[:16]} is missing from {where}, though history refers "
+                "to it; push the data again from a complete copy",
+                path=where,
+            )
+        out.append(decode_sample(entry, digest, where))
+    return out

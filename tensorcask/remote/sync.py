@@ -1,0 +1,407 @@
+"""Push, fetch and fetch_data: moving history and samples between a repository and a remote.
+
+Both directions ask the one reachability walk what the other side lacks
+(``reachable(..., excluding=<what the other side's refs reach>)``), so the
+cost follows the change, never the size of either side, and neither lists
+the bucket to find out.
+
+Order is what keeps readers safe. A push uploads sample packs, then a pack
+of history objects, then tags, then moves the branch by compare-and-swap: a
+ref on the remote never points at anything missing, and a push killed at any
+moment leaves only unreferenced packs that the next push does not need to
+redo. A fetch stores samples (each checked against its digest), then, in
+one local transaction, the history objects (each checked against its hash)
+and the refs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import cast
+
+import numpy as np
+
+from ..errors import ConcurrentUpdateError, DataNotLocalError, RefNotFoundError
+from ..history.objects import ColumnSchema, CommitId
+from ..history.objectstore import WriteBatch
+from ..history.reach import ancestry, reachable
+from ..history.refs import HEADS, REMOTES, TAGS
+from ..history.store import History
+from ..history.tree import Node
+from ..keys import encode_keys
+from ..parts import RepositoryParts
+from ..storage.base import Payload
+from .remote import LayeredObjects, Remote
+from .samples import decode_many, encode_sample
+
+__all__ = ["FetchResult", "PushResult", "Transfer", "fetch", "fetch_data", "push"]
+
+Transfer = Callable[[str, int, int], None]
+"""Called as ``progress(what, done, total)``: ``what`` is ``"objects"`` or ``"bytes"``."""
+
+PACK_BYTES = 256 << 20
+"""Sample bytes per pack (a pack is built in memory, then uploaded)."""
+_CHUNK = 4096  # samples read or written per batch
+
+
+@dataclass
+class PushResult:
+    """What a push did.
+
+    Attributes
+    ----------
+    branch, commit:
+        The branch pushed and the commit the remote branch now points at.
+    commits, objects, samples, bytes:
+        What was uploaded: commits, history objects (commits included),
+        samples, and bytes in all.
+    tags:
+        Tags created on the remote.
+    """
+
+    branch: str
+    commit: CommitId
+    commits: int = 0
+    objects: int = 0
+    samples: int = 0
+    bytes: int = 0
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FetchResult:
+    """What a fetch did.
+
+    Attributes
+    ----------
+    heads:
+        Remote branch -> commit, as now recorded in ``remotes/<remote>/<branch>``.
+    commits, objects, samples, bytes:
+        What was downloaded.
+    tags:
+        Tags created locally.
+    """
+
+    heads: dict[str, CommitId] = field(default_factory=dict)
+    commits: int = 0
+    objects: int = 0
+    samples: int = 0
+    bytes: int = 0
+    tags: list[str] = field(default_factory=list)
+
+
+def _note(progress: Transfer | None, what: str, done: int, total: int) -> None:
+    if progress is not None:
+        progress(what, done, total)
+
+
+# -- push ------------------------------------------------------------------
+
+
+def push(
+    parts: RepositoryParts,
+    remote: Remote,
+    branch: str,
+    *,
+    force: bool = False,
+    progress: Transfer | None = None,
+) -> PushResult:
+    """Upload what ``remote`` lacks of ``branch`` and move its branch; see ``Repository.push``."""
+    head = parts.head(branch)
+    if head is None:
+        known = ", ".join(sorted(parts.refs.listing(HEADS))) or "none yet: make a first commit"
+        raise RefNotFoundError(f"no branch named {branch!r} to push (branches: {known})")
+    remote.check_format(create=True)
+    theirs_all = remote.refs.listing()
+    theirs = theirs_all.get(HEADS + branch)
+    result = PushResult(branch, head)
+    history = parts.history
+    if (
+        theirs is not None
+        and theirs != head
+        and not force
+        and (
+            not parts.objects.has(bytes.fromhex(theirs)) or theirs not in ancestry(history, [head])
+        )
+    ):
+        raise ConcurrentUpdateError(
+            f"remote {remote.name!r} has branch {branch!r} at {theirs[:12]}, which is not an "
+            f"ancestor of {head[:12]} (someone else pushed, or the histories diverged); "
+            f"{_catch_up(remote.name, branch)}, or push with force=True to overwrite it"
+        )
+    # What the remote has: everything its refs reach (a push moves a ref only once all
+    # of it is uploaded), as far as this repository knows those commits.
+    have = [c for c in set(theirs_all.values()) if parts.objects.has(bytes.fromhex(c))]
+    kinds: dict[bytes, str] = {}
+
+    def on_leaf(column: str, schema: ColumnSchema, page: Node) -> None:
+        for digest in page.values():
+            kinds.setdefault(digest, schema.kind)
+
+    walk = reachable(history, [head], excluding=have, on_leaf=on_leaf)
+    todo = sorted(walk.digests)
+    present = remote.data.has_many(todo) if todo else []
+    todo = [d for d, p in zip(todo, present, strict=True) if not p]
+    _upload_samples(parts, remote, todo, kinds, result, progress)
+    names = [bytes.fromhex(c) for c in walk.commits] + sorted(walk.objects)
+    batch = WriteBatch()
+    for name, data in zip(names, parts.objects.get_many(names), strict=True):
+        if data is None:
+            raise RefNotFoundError(
+                f"history object {name.hex()} is missing from {parts.objects.location}; run "
+                "`tensorcask verify` before pushing"
+            )
+        batch.put(name, data)
+    if len(batch):
+        remote.objects.write(batch)
+        result.bytes += batch.nbytes()
+    result.commits, result.objects = len(walk.commits), len(batch)
+    _note(progress, "objects", len(batch), len(batch))
+    result.tags = _push_tags(parts, remote, head, theirs_all)
+    if theirs != head:
+        old = remote.refs.get(HEADS + branch) if force else theirs
+        if not remote.refs.set_if_equals(HEADS + branch, old, head):
+            raise ConcurrentUpdateError(
+                f"remote {remote.name!r}: branch {branch!r} moved while pushing (another client "
+                f"pushed first); {_catch_up(remote.name, branch)}"
+            )
+    _remember(parts, remote.name, {branch: head})
+    return result
+
+
+def _catch_up(remote: str, branch: str) -> str:
+    return (
+        f"run repo.fetch({remote!r}, {branch!r}), merge {remote + '/' + branch!r} into "
+        f"{branch!r} (repo.merge({remote + '/' + branch!r}, {branch!r})) and push again"
+    )
+
+
+def _upload_samples(
+    parts: RepositoryParts,
+    remote: Remote,
+    digests: Sequence[bytes],
+    kinds: dict[bytes, str],
+    result: PushResult,
+    progress: Transfer | None,
+) -> None:
+    store = parts.store
+    pending: list[tuple[bytes, bytes]] = []
+    pending_bytes = 0
+    total = len(digests)
+    for start in range(0, total, _CHUNK):
+        chunk = digests[start : start + _CHUNK]
+        locations = store.locate_many(chunk)
+        absent = [d for d, loc in zip(chunk, locations, strict=True) if loc is None]
+        if absent:
+            raise DataNotLocalError(
+                f"cannot push to {remote.name!r}: {len(absent)} sample(s) the pushed commits "
+                f"refer to are neither here nor on the remote (content {absent[0].hex()[:16]}); "
+                "fetch them with repo.fetch_data() from the remote this clone came from first"
+            )
+        payloads = cast(list[Payload], store.fetch(chunk, cast(list, locations)))
+        for digest, payload in zip(chunk, payloads, strict=True):
+            entry = encode_sample(kinds[digest], payload)
+            pending.append((digest, entry))
+            pending_bytes += len(entry)
+            if pending_bytes >= PACK_BYTES:
+                remote.data.write(pending)
+                result.bytes += pending_bytes
+                pending, pending_bytes = [], 0
+        result.samples += len(chunk)
+        _note(progress, "samples", result.samples, total)
+    if pending:
+        remote.data.write(pending)
+        result.bytes += pending_bytes
+    _note(progress, "bytes", result.bytes, result.bytes)
+
+
+def _push_tags(
+    parts: RepositoryParts, remote: Remote, head: str, theirs: dict[str, CommitId]
+) -> list[str]:
+    """Create on the remote the local tags of commits ``head`` reaches that it lacks."""
+    tags = {t: c for t, c in parts.refs.listing(TAGS).items() if TAGS + t not in theirs}
+    if not tags:
+        return []
+    reached = set(ancestry(parts.history, [head]))
+    created = []
+    for tag, commit in sorted(tags.items()):
+        if commit in reached and remote.refs.set_if_equals(TAGS + tag, None, commit):
+            created.append(tag)
+    return created
+
+
+def _remember(parts: RepositoryParts, remote: str, heads: dict[str, CommitId]) -> None:
+    """Record where the remote's branches are, in ``remotes/<remote>/<branch>``."""
+    with parts.db.write():
+        for branch, commit in heads.items():
+            name = f"{REMOTES}{remote}/{branch}"
+            parts.refs.set_if_equals(name, parts.refs.get(name), commit)
+
+
+# -- fetch -----------------------------------------------------------------
+
+
+def fetch(
+    parts: RepositoryParts,
+    remote: Remote,
+    branches: Iterable[str] | None = None,
+    *,
+    data: bool = True,
+    progress: Transfer | None = None,
+) -> FetchResult:
+    """Bring the remote's branches (all, or ``branches``) and tags; see ``Repository.fetch``."""
+    remote.require()
+    listing = remote.refs.listing()
+    heads = {n[len(HEADS) :]: c for n, c in listing.items() if n.startswith(HEADS)}
+    if branches is not None:
+        wanted = list(branches)
+        unknown = [b for b in wanted if b not in heads]
+        if unknown:
+            raise RefNotFoundError(
+                f"remote {remote.name!r} has no branch {unknown[0]!r} (branches: "
+                f"{', '.join(sorted(heads)) or 'none'})"
+            )
+        heads = {b: heads[b] for b in wanted}
+    tags = {n[len(TAGS) :]: c for n, c in listing.items() if n.startswith(TAGS)}
+    result = FetchResult(heads=dict(heads))
+    with parts.writer_lock():
+        layered = LayeredObjects(parts.objects, remote.objects)
+        walked = History(layered, remote.refs)
+        local_heads = set(parts.refs.listing().values())
+        starts = [
+            c for c in {*heads.values(), *tags.values()} if not parts.objects.has(bytes.fromhex(c))
+        ]
+        schemas: dict[bytes, ColumnSchema] = {}
+
+        def on_leaf(column: str, schema: ColumnSchema, page: Node) -> None:
+            for digest in page.values():
+                schemas.setdefault(digest, schema)
+
+        walk = reachable(
+            walked, starts, excluding=local_heads, digests=data, on_leaf=on_leaf if data else None
+        )
+        if data:
+            _store_samples(parts, remote, {d: schemas[d] for d in walk.digests}, result, progress)
+        batch = WriteBatch()
+        for cid in walk.commits:
+            walked.commit(cid)  # checked against its id (and cached) before it is stored
+            raw = layered.get(bytes.fromhex(cid))
+            assert raw is not None
+            batch.put(bytes.fromhex(cid), raw)
+        names = sorted(walk.objects)
+        for name, raw in zip(names, walked.load_objects(names), strict=True):  # hash-checked
+            batch.put(name, raw)
+        result.commits, result.objects, result.bytes = (
+            len(walk.commits),
+            len(batch),
+            result.bytes + batch.nbytes(),
+        )
+        _note(progress, "objects", len(batch), len(batch))
+        with parts.db.write():
+            parts.objects.write(batch)
+            _remember(parts, remote.name, heads)
+            for tag, commit in sorted(tags.items()):
+                if (
+                    parts.objects.has(bytes.fromhex(commit))
+                    and parts.refs.get(TAGS + tag) is None
+                    and parts.refs.get(HEADS + tag) is None  # a local branch of that name wins
+                ):
+                    parts.refs.set_if_equals(TAGS + tag, None, commit)
+                    result.tags.append(tag)
+    return result
+
+
+def fetch_data(
+    parts: RepositoryParts,
+    remote: Remote,
+    commit: str,
+    columns: Sequence[str] | None = None,
+    keys: Iterable[object] | None = None,
+    *,
+    progress: Transfer | None = None,
+) -> FetchResult:
+    """Bring the samples of ``commit``'s ``columns`` (all) at ``keys`` (all) that are not here."""
+    remote.require()
+    roots = parts.history.columns(commit)
+    names = list(roots) if columns is None else list(columns)
+    for name in names:
+        if name not in roots:
+            raise KeyError(
+                f"commit {commit[:12]} has no column {name!r} (columns: {', '.join(sorted(roots))})"
+            )
+    raw_keys = None if keys is None else encode_keys(list(keys))
+    wanted: dict[bytes, ColumnSchema] = {}
+    tree = parts.history.tree
+    for name in names:
+        root = roots[name]
+        if raw_keys is None:
+            digests: Iterable[bytes | None] = (d for _, d in tree.items(root.tree))
+        else:
+            digests = tree.get_many(root.tree, raw_keys)
+        for digest in digests:
+            if digest is not None:
+                wanted.setdefault(digest, root.schema)
+    result = FetchResult()
+    with parts.writer_lock():
+        _store_samples(parts, remote, wanted, result, progress)
+    return result
+
+
+def _store_samples(
+    parts: RepositoryParts,
+    remote: Remote,
+    wanted: dict[bytes, ColumnSchema],
+    result: FetchResult,
+    progress: Transfer | None,
+) -> None:
+    """Download, check and store the samples of ``wanted`` this repository lacks."""
+    digests = sorted(wanted)
+    store = parts.writable_store()
+    try:
+        with parts.db.read() as txn:
+            todo = [digests[i] for i in store.missing(txn, digests)]
+        where = remote.data.path("*", ".pack")
+        for start in range(0, len(todo), _CHUNK):
+            chunk = todo[start : start + _CHUNK]
+            found = remote.data.locate(chunk)
+            entries = remote.data.read(found)
+            samples = decode_many(entries, chunk, where)
+            result.bytes += sum(len(e or b"") for e in entries)
+            groups: dict[tuple[str, str | None], list[int]] = {}
+            for i, digest in enumerate(chunk):
+                schema = wanted[digest]
+                groups.setdefault((schema.backend, schema.compression), []).append(i)
+            index_entries: list[tuple[bytes, bytes]] = []
+            for (backend, compression), members in groups.items():
+                payloads = [samples[i][1] for i in members]
+                stacked = _stack(payloads)
+                index_entries += store.append(
+                    backend,
+                    compression,
+                    stacked if stacked is not None else payloads,
+                    [chunk[i] for i in members],
+                    range(len(members)),
+                )
+            with parts.db.write() as txn:
+                store.publish(txn, index_entries)
+            result.samples += len(chunk)
+            _note(progress, "samples", result.samples, len(todo))
+        store.maintain()
+    finally:
+        store.close()
+    parts.tables.forget()
+    parts.store.forget_all()
+
+
+def _stack(payloads: list[Payload]) -> np.ndarray | None:
+    """One stacked array when every payload is an array of one dtype and shape."""
+    first = payloads[0]
+    if not isinstance(first, np.ndarray):
+        return None
+    if all(
+        isinstance(p, np.ndarray) and p.dtype == first.dtype and p.shape == first.shape
+        for p in payloads
+    ):
+        return np.stack(cast(list[np.ndarray], payloads))
+    return None
