@@ -1,8 +1,9 @@
 """Helpers shared by the command modules of the ``tensorcask`` command line.
 
-Output (:func:`out`, :func:`print_json`, :func:`print_error`), finding and
-opening the repository (:func:`base_dir`, :func:`open_repo`) and argument
-helpers (:func:`add_command`, :func:`common_options`, :func:`non_negative`).
+Output (:func:`out`, :func:`print_json`, :func:`print_error`, the progress
+line of :func:`progress_bar`), finding and opening the repository
+(:func:`base_dir`, :func:`open_repo`) and argument helpers
+(:func:`add_command`, :func:`common_options`, :func:`non_negative`).
 Imports nothing from the rest of :mod:`tensorcask.cli`.
 """
 
@@ -11,7 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +24,18 @@ __all__ = [
     "PROG",
     "SHORT_ID",
     "Handler",
+    "ProgressLine",
     "add_command",
     "base_dir",
     "common_options",
+    "human_bytes",
     "non_negative",
     "one_line",
     "open_repo",
     "out",
     "print_error",
     "print_json",
+    "progress_bar",
 ]
 
 PROG = "tensorcask"
@@ -60,6 +65,62 @@ def one_line(message: str) -> str:
 def print_error(message: str) -> None:
     """Print ``tensorcask: error: MESSAGE`` (on one line) on stderr."""
     print(f"{PROG}: error: {one_line(message)}", file=sys.stderr)
+
+
+def human_bytes(count: int) -> str:
+    """``count`` bytes for people: ``"512 B"``, ``"1.5 KiB"``, ``"3.2 GiB"``."""
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{count} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+class ProgressLine:
+    """One line on stderr, rewritten in place: ``phase: 1,234`` or, given a total,
+    ``phase: [######------] 1,234/5,678`` (sizes in bytes with ``in_bytes``)."""
+
+    WIDTH = 24
+
+    def __init__(self) -> None:
+        self.shown = False
+
+    def __call__(
+        self, phase: str, done: int, total: int | None = None, *, in_bytes: bool = False
+    ) -> None:
+        size = human_bytes if in_bytes else "{:,}".format
+        if total is None:
+            text = f"{phase}: {size(done)}"
+        elif total <= 0:
+            return  # nothing to do: no bar
+        else:
+            filled = self.WIDTH * min(done, total) // total
+            bar = "#" * filled + "-" * (self.WIDTH - filled)
+            text = f"{phase}: [{bar}] {size(done)}/{size(total)}"
+        self.shown = True
+        sys.stderr.write(f"\r{text}\033[K")
+        sys.stderr.flush()
+
+    def clear(self) -> None:
+        """Erase the line (if anything was shown)."""
+        if self.shown:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+            self.shown = False
+
+
+@contextmanager
+def progress_bar(args: argparse.Namespace) -> Iterator[ProgressLine | None]:
+    """A progress line on stderr, only on a terminal and without --quiet (else None)."""
+    if args.quiet or not sys.stderr.isatty():
+        yield None
+        return
+    line = ProgressLine()
+    try:
+        yield line
+    finally:
+        line.clear()
 
 
 # -- locating the repository --------------------------------------------------

@@ -9,9 +9,7 @@ help lists the history commands between the two groups.
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -30,6 +28,7 @@ from ._common import (
     out,
     print_error,
     print_json,
+    progress_bar,
 )
 
 __all__ = [
@@ -220,31 +219,42 @@ def cmd_summary(args: argparse.Namespace) -> int:
 # -- verify, gc, lock release ---------------------------------------------------
 
 
-@contextmanager
-def _progress(args: argparse.Namespace) -> Iterator[Callable[[str, int], None] | None]:
-    """A progress line on stderr, only on a terminal and without --quiet."""
-    if args.quiet or not sys.stderr.isatty():
-        yield None
-        return
-    shown = False
-
-    def show(phase: str, count: int) -> None:
-        nonlocal shown
-        shown = True
-        sys.stderr.write(f"\r{phase}: {count:,}")
-        sys.stderr.flush()
-
-    try:
-        yield show
-    finally:
-        if shown:
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
+def _verify_remote(args: argparse.Namespace) -> int:
+    """``verify --remote NAME``: re-hash everything remote NAME holds; exit 1 on problems."""
+    with open_repo(args) as repo, progress_bar(args) as progress:
+        report = repo.verify_remote(args.remote, raise_on_error=False, progress=progress)
+    if args.json:
+        print_json(
+            {
+                "ok": report.ok,
+                "remote": report.remote,
+                "refs": report.refs,
+                "packs": report.packs,
+                "objects": report.objects,
+                "samples": report.samples,
+                "bytes": report.bytes,
+                "problems": list(report.problems),
+            }
+        )
+    elif not report.ok or not args.quiet:
+        out(str(report))
+    if report.ok:
+        return 0
+    print_error(
+        f"verification of remote {report.remote!r} found {len(report.problems)} problem(s): "
+        f"{report.problems[0]}"
+    )
+    return 1
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Re-hash history (and with ``--full`` every stored byte); exit 1 on problems."""
-    with open_repo(args) as repo, _progress(args) as progress:
+    """Re-hash history (and with ``--full`` every stored byte); exit 1 on problems.
+
+    With ``--remote NAME``: re-hash everything that remote holds instead.
+    """
+    if args.remote is not None:
+        return _verify_remote(args)
+    with open_repo(args) as repo, progress_bar(args) as progress:
         report = repo.verify(args.ref, full=args.full, raise_on_error=False, progress=progress)
     if args.json:
         print_json(
@@ -266,9 +276,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1
 
 
+def _check_verify(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Usage errors argparse cannot express (exit 2 through ``parser.error``)."""
+    if args.remote is not None and (args.ref is not None or args.full):
+        parser.error("--remote checks the whole remote: it takes neither REF nor --full")
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
     """Remove unreferenced data."""
-    with open_repo(args) as repo, _progress(args) as progress:
+    with open_repo(args) as repo, progress_bar(args) as progress:
         report = repo.gc(progress=progress)
     if args.json:
         print_json(
@@ -323,6 +339,9 @@ def add_maintenance_commands(subs: Any) -> None:
     p = add_command(subs, "verify", cmd_verify, "check hashes of history and data", True)
     p.add_argument("ref", nargs="?", metavar="REF", help="check only what REF reaches")
     p.add_argument("--full", action="store_true", help="also re-hash every stored byte")
+    p.add_argument("--remote", metavar="NAME", help="re-hash everything remote NAME holds instead")
+    verify_parser = p
+    p.set_defaults(check=lambda args: _check_verify(args, verify_parser))
 
     add_command(subs, "gc", cmd_gc, "remove unreferenced data", True)
 

@@ -123,7 +123,7 @@ class Transport:
     def cat_ranges(
         self, paths: Sequence[str], starts: Sequence[int], ends: Sequence[int]
     ) -> list[bytes]:
-        """Byte ranges ``[start, end)`` of objects, read concurrently where the filesystem allows."""
+        """Byte ranges ``[start, end)`` of objects, read concurrently where possible."""
         if not paths:
             return []
         return self._call(

@@ -197,7 +197,7 @@ class ContentStore:
             f"{where}content {digest.hex()[:16]} is not local: this is a partial clone and its "
             f"data has not been fetched; fetch it from remote {self.partial_remote!r} with "
             f"repo.fetch_data({self.partial_remote!r}, <ref>, columns=[...]) or "
-            f"`tensorcask fetch --data {self.partial_remote}`"
+            f"`tensorcask fetch {self.partial_remote} --data <ref>`"
         )
 
     def fetch(
