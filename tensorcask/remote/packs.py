@@ -27,6 +27,7 @@ from .transport import Transport
 
 __all__ = [
     "IDX_MAGIC",
+    "Located",
     "PACK_MAGIC",
     "PackIndex",
     "PackSet",
@@ -121,6 +122,49 @@ class PackIndex:
         return [_name_of(k.ljust(KEY_BYTES, b"\0")) for k in self.keys.tolist()]
 
 
+@dataclass(frozen=True)
+class Located:
+    """Where some names are: for each, a pack (a position in ``packs``, -1: absent) and a range.
+
+    Attributes
+    ----------
+    packs:
+        The indexes that were searched.
+    pack, offset, size:
+        Per name: which pack holds it (-1 where none does), and where.
+    """
+
+    packs: list[PackIndex]
+    pack: np.ndarray
+    offset: np.ndarray
+    size: np.ndarray
+
+    def found(self) -> np.ndarray:
+        """Whether each name was found (bool array)."""
+        return self.pack >= 0
+
+    def take(self, positions: np.ndarray) -> Located:
+        """The same, for the names at ``positions`` only."""
+        return Located(
+            self.packs, self.pack[positions], self.offset[positions], self.size[positions]
+        )
+
+    def storage_order(self) -> np.ndarray:
+        """Positions of the found names, by pack and offset (the order that reads least)."""
+        present = np.flatnonzero(self.pack >= 0)
+        return present[np.lexsort((self.offset[present], self.pack[present]))]
+
+
+def _slice_into(
+    out: list[bytes | None], block: bytes, start: int, members: np.ndarray, where: Located
+) -> None:
+    """Cut the entries ``members`` out of ``block`` (which begins at offset ``start``)."""
+    for i, offset, size in zip(
+        members.tolist(), where.offset[members].tolist(), where.size[members].tolist(), strict=True
+    ):
+        out[i] = block[offset - start : offset - start + size]  # short: fails the hash check
+
+
 def decode_index(pack: str, data: bytes, where: str) -> PackIndex:
     """Parse and check an index; :class:`CorruptionError` naming ``where`` if it is damaged."""
 
@@ -197,24 +241,31 @@ class PackSet:
         with self._lock:
             return list(self._indexes.values())
 
-    def _find(self, names: Sequence[bytes]) -> list[tuple[PackIndex, int] | None]:
+    def locate(self, names: Sequence[bytes]) -> Located:
+        """Where each name is (a pack and a byte range), listing again on a miss."""
         keys = np.array([entry_key(n) for n in names], f"S{KEY_BYTES}")
-        out: list[tuple[PackIndex, int] | None] = [None] * len(names)
-        for index in self.indexes():
-            if all(o is not None for o in out):
-                break
-            for i, at in enumerate(index.find(keys).tolist()):
-                if at >= 0 and out[i] is None:
-                    out[i] = (index, at)
-        return out
-
-    def locate(self, names: Sequence[bytes]) -> list[tuple[PackIndex, int] | None]:
-        """The pack and entry of each name (None where no pack has it), listing again on a miss."""
-        found = self._find(names) if names else []
-        if any(f is None for f in found):
+        found = self._find(keys)
+        if not found.found().all():
             self.refresh()
-            found = self._find(names)
+            found = self._find(keys)
         return found
+
+    def _find(self, keys: np.ndarray) -> Located:
+        indexes = self.indexes()
+        pack = np.full(len(keys), -1, np.int32)
+        offset = np.zeros(len(keys), np.int64)
+        size = np.zeros(len(keys), np.int64)
+        for number, index in enumerate(indexes):
+            todo = np.flatnonzero(pack < 0)
+            if not len(todo):
+                break
+            at = index.find(keys[todo])
+            hit = at >= 0
+            chosen, rows = todo[hit], at[hit]
+            pack[chosen] = number
+            offset[chosen] = index.offsets[rows]
+            size[chosen] = index.sizes[rows]
+        return Located(indexes, pack, offset, size)
 
     # -- reading ---------------------------------------------------------
 
@@ -224,55 +275,55 @@ class PackSet:
 
     def has_many(self, names: Sequence[bytes]) -> list[bool]:
         """Whether each name is in some pack."""
-        return [f is not None for f in self.locate(names)]
+        if not names:
+            return []
+        return [bool(f) for f in self.locate(names).found().tolist()]
 
-    def read(self, found: Sequence[tuple[PackIndex, int] | None]) -> list[bytes | None]:
-        """The bytes of located entries: small packs read whole, large ones by coalesced ranges."""
-        out: list[bytes | None] = [None] * len(found)
-        by_pack: dict[str, list[tuple[int, int, int]]] = {}
-        sizes: dict[str, int] = {}
-        for i, f in enumerate(found):
-            if f is None:
-                continue
-            index, at = f
-            by_pack.setdefault(index.pack, []).append(
-                (int(index.offsets[at]), int(index.sizes[at]), i)
-            )
-            sizes[index.pack] = index.size
-        whole = [p for p in by_pack if sizes[p] <= _WHOLE_PACK and p not in self._whole]
+    def read(self, where: Located) -> list[bytes | None]:
+        """The bytes of located entries (None where absent), in order.
+
+        Packs up to 8 MiB are read whole and kept; from larger ones, the
+        entries' byte ranges, merged when less than 256 KiB apart, so
+        reading entries in pack order costs one request per stretch.
+        """
+        out: list[bytes | None] = [None] * len(where.pack)
+        present = np.flatnonzero(where.pack >= 0)
+        paths: list[str] = []
+        starts: list[int] = []
+        ends: list[int] = []
+        spans: list[np.ndarray] = []
+        whole: dict[str, np.ndarray] = {}
+        for number in np.unique(where.pack[present]).tolist():
+            index = where.packs[number]
+            members = present[where.pack[present] == number]
+            with self._lock:
+                cached = self._whole.get(index.pack)
+            if cached is not None:
+                _slice_into(out, cached, 0, members, where)
+            elif index.size <= _WHOLE_PACK:
+                whole[index.pack] = members
+            else:
+                members = members[np.argsort(where.offset[members], kind="stable")]
+                first = where.offset[members]
+                last = np.maximum.accumulate(first + where.size[members])
+                breaks = np.flatnonzero(first[1:] - last[:-1] > _GAP) + 1
+                for span in np.split(np.arange(len(members)), breaks):
+                    paths.append(self.path(index.pack, ".pack"))
+                    starts.append(int(first[span[0]]))
+                    ends.append(int(last[span[-1]]))
+                    spans.append(members[span])
         if whole:
             got = self.transport.cat_many([self.path(p, ".pack") for p in whole])
             with self._lock:
                 if sum(map(len, self._whole.values())) > _WHOLE_CACHE:
                     self._whole.clear()
                 self._whole.update(zip(whole, got, strict=True))
-        paths: list[str] = []
-        starts: list[int] = []
-        ends: list[int] = []
-        spans: list[list[tuple[int, int, int]]] = []
-        for pack, wanted in by_pack.items():
-            with self._lock:
-                data = self._whole.get(pack)
-            if data is not None:
-                for offset, size, i in wanted:
-                    out[i] = data[offset : offset + size]
-                continue
-            wanted.sort()
-            for offset, size, i in wanted:
-                if spans and paths[-1] == pack and offset - ends[-1] <= _GAP:
-                    ends[-1] = max(ends[-1], offset + size)
-                    spans[-1].append((offset, size, i))
-                else:
-                    paths.append(pack)
-                    starts.append(offset)
-                    ends.append(offset + size)
-                    spans.append([(offset, size, i)])
+            for data, members in zip(got, whole.values(), strict=True):
+                _slice_into(out, data, 0, members, where)
         if paths:
-            blocks = self.transport.cat_ranges([self.path(p, ".pack") for p in paths], starts, ends)
-            for block, start, span in zip(blocks, starts, spans, strict=True):
-                for offset, size, i in span:
-                    piece = block[offset - start : offset - start + size]
-                    out[i] = piece  # a short piece fails the caller's hash check
+            blocks = self.transport.cat_ranges(paths, starts, ends)
+            for block, start, members in zip(blocks, starts, spans, strict=True):
+                _slice_into(out, block, start, members, where)
         return out
 
     def names(self, lead: int | None = None, prefix: bytes = b"") -> Iterator[bytes]:
@@ -303,10 +354,14 @@ class PackSet:
     def delete_many(self, names: Iterable[bytes]) -> int:
         """Remove entries by rewriting the packs that hold them; how many existed."""
         wanted = list(dict.fromkeys(names))
+        if not wanted:
+            return 0
         self.refresh()
-        found = self._find(wanted)
-        doomed = {entry_key(n) for n, f in zip(wanted, found, strict=True) if f is not None}
-        for index in {f[0].pack: f[0] for f in found if f is not None}.values():
+        found = self.locate(wanted)
+        hit = found.found()
+        doomed = {entry_key(n) for n, h in zip(wanted, hit.tolist(), strict=True) if h}
+        for number in np.unique(found.pack[hit]).tolist():
+            index = found.packs[number]
             keep = [n for n in index.names() if entry_key(n) not in doomed]
             data = self.get_many(keep)
             self.write([(n, d) for n, d in zip(keep, data, strict=True) if d is not None])

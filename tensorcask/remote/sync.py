@@ -22,7 +22,7 @@ from typing import cast
 
 import numpy as np
 
-from ..errors import ConcurrentUpdateError, DataNotLocalError, RefNotFoundError
+from ..errors import ConcurrentUpdateError, CorruptionError, DataNotLocalError, RefNotFoundError
 from ..history.objects import ColumnSchema, CommitId
 from ..history.objectstore import WriteBatch
 from ..history.reach import ancestry, reachable
@@ -31,9 +31,9 @@ from ..history.store import History
 from ..history.tree import Node
 from ..keys import encode_keys
 from ..parts import RepositoryParts
-from ..storage.base import Payload
+from ..storage.base import Location, Payload
 from .remote import LayeredObjects, Remote
-from .samples import decode_many, encode_sample
+from .samples import DATA_FOLDER, decode_many, encode_sample
 
 __all__ = ["FetchResult", "PushResult", "Transfer", "fetch", "fetch_data", "push"]
 
@@ -42,7 +42,8 @@ Transfer = Callable[[str, int, int], None]
 
 PACK_BYTES = 256 << 20
 """Sample bytes per pack (a pack is built in memory, then uploaded)."""
-_CHUNK = 4096  # samples read or written per batch
+_CHUNK = 4096  # samples read per local batch
+_FETCH_BYTES = 64 << 20  # sample bytes downloaded per request
 
 
 @dataclass
@@ -140,10 +141,7 @@ def push(
             kinds.setdefault(digest, schema.kind)
 
     walk = reachable(history, [head], excluding=have, on_leaf=on_leaf)
-    todo = sorted(walk.digests)
-    present = remote.data.has_many(todo) if todo else []
-    todo = [d for d, p in zip(todo, present, strict=True) if not p]
-    _upload_samples(parts, remote, todo, kinds, result, progress)
+    _upload_samples(parts, remote, list(walk.digests), kinds, result, progress)
     names = [bytes.fromhex(c) for c in walk.commits] + sorted(walk.objects)
     batch = WriteBatch()
     for name, data in zip(names, parts.objects.get_many(names), strict=True):
@@ -180,27 +178,43 @@ def _catch_up(remote: str, branch: str) -> str:
 def _upload_samples(
     parts: RepositoryParts,
     remote: Remote,
-    digests: Sequence[bytes],
+    digests: list[bytes],
     kinds: dict[bytes, str],
     result: PushResult,
     progress: Transfer | None,
 ) -> None:
+    """Pack and upload the samples of ``digests``, read in storage order.
+
+    The walk already left out what the remote's refs reach, so the remote's
+    data indexes are not consulted, except for samples a partial clone lacks.
+    """
     store = parts.store
-    pending: list[tuple[bytes, bytes]] = []
-    pending_bytes = 0
-    total = len(digests)
-    for start in range(0, total, _CHUNK):
-        chunk = digests[start : start + _CHUNK]
-        locations = store.locate_many(chunk)
-        absent = [d for d, loc in zip(chunk, locations, strict=True) if loc is None]
-        if absent:
+    located: list[tuple[bytes, Location]] = []
+    absent: list[bytes] = []
+    for start in range(0, len(digests), _CHUNK * 16):
+        batch = digests[start : start + _CHUNK * 16]
+        for digest, loc in zip(batch, store.locate_many(batch), strict=True):
+            if loc is None:
+                absent.append(digest)
+            else:
+                located.append((digest, loc))
+    if absent:
+        lacking = [d for d, h in zip(absent, remote.data.has_many(absent), strict=True) if not h]
+        if lacking:
             raise DataNotLocalError(
-                f"cannot push to {remote.name!r}: {len(absent)} sample(s) the pushed commits "
-                f"refer to are neither here nor on the remote (content {absent[0].hex()[:16]}); "
+                f"cannot push to {remote.name!r}: {len(lacking)} sample(s) the pushed commits "
+                f"refer to are neither here nor on the remote (content {lacking[0].hex()[:16]}); "
                 "fetch them with repo.fetch_data() from the remote this clone came from first"
             )
-        payloads = cast(list[Payload], store.fetch(chunk, cast(list, locations)))
-        for digest, payload in zip(chunk, payloads, strict=True):
+    located.sort(key=lambda item: (item[1].backend, item[1].segment, item[1].offset))
+    pending: list[tuple[bytes, bytes]] = []
+    pending_bytes = 0
+    total = len(located)
+    for start in range(0, total, _CHUNK):
+        stretch = located[start : start + _CHUNK]
+        names = [d for d, _ in stretch]
+        payloads = cast(list[Payload], store.fetch(names, [loc for _, loc in stretch]))
+        for digest, payload in zip(names, payloads, strict=True):
             entry = encode_sample(kinds[digest], payload)
             pending.append((digest, entry))
             pending_bytes += len(entry)
@@ -208,7 +222,7 @@ def _upload_samples(
                 remote.data.write(pending)
                 result.bytes += pending_bytes
                 pending, pending_bytes = [], 0
-        result.samples += len(chunk)
+        result.samples += len(stretch)
         _note(progress, "samples", result.samples, total)
     if pending:
         remote.data.write(pending)
@@ -355,18 +369,35 @@ def _store_samples(
     result: FetchResult,
     progress: Transfer | None,
 ) -> None:
-    """Download, check and store the samples of ``wanted`` this repository lacks."""
+    """Download, check and store the samples of ``wanted`` this repository lacks.
+
+    Samples are read in the remote's pack order, a stretch of packs at a
+    time, so each stretch is one ranged request.
+    """
     digests = sorted(wanted)
     store = parts.writable_store()
     try:
         with parts.db.read() as txn:
             todo = [digests[i] for i in store.missing(txn, digests)]
-        where = remote.data.path("*", ".pack")
-        for start in range(0, len(todo), _CHUNK):
-            chunk = todo[start : start + _CHUNK]
-            found = remote.data.locate(chunk)
-            entries = remote.data.read(found)
-            samples = decode_many(entries, chunk, where)
+        if not todo:
+            return
+        where = remote.data.locate(todo)
+        lacking = np.flatnonzero(~where.found())
+        if len(lacking):
+            missing = todo[int(lacking[0])]
+            raise CorruptionError(
+                f"remote {remote.name!r} at {remote.url} lacks {len(lacking)} sample(s) its "
+                f"history refers to (content {missing.hex()[:16]}); the remote is damaged: run "
+                "repo.verify_remote() and push the data again from a complete copy",
+                path=remote.transport.path(DATA_FOLDER),
+            )
+        order = where.storage_order()
+        done = 0
+        for span in _spans(where.size[order]):
+            positions = order[span]
+            chunk = [todo[int(i)] for i in positions]
+            entries = remote.data.read(where.take(positions))
+            samples = decode_many(entries, chunk, remote.transport.path(DATA_FOLDER))
             result.bytes += sum(len(e or b"") for e in entries)
             groups: dict[tuple[str, str | None], list[int]] = {}
             for i, digest in enumerate(chunk):
@@ -385,13 +416,22 @@ def _store_samples(
                 )
             with parts.db.write() as txn:
                 store.publish(txn, index_entries)
-            result.samples += len(chunk)
-            _note(progress, "samples", result.samples, len(todo))
+            done += len(chunk)
+            result.samples = done
+            _note(progress, "samples", done, len(todo))
+            _note(progress, "bytes", result.bytes, int(where.size.sum()))
         store.maintain()
     finally:
         store.close()
     parts.tables.forget()
     parts.store.forget_all()
+
+
+def _spans(sizes: np.ndarray) -> list[np.ndarray]:
+    """Consecutive stretches of entries of about ``_FETCH_BYTES`` each (at least one entry)."""
+    ends = np.cumsum(sizes)
+    cuts = np.searchsorted(ends, np.arange(_FETCH_BYTES, int(ends[-1]), _FETCH_BYTES))
+    return [s for s in np.split(np.arange(len(sizes)), np.unique(cuts)) if len(s)]
 
 
 def _stack(payloads: list[Payload]) -> np.ndarray | None:
