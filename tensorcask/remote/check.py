@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..errors import CaskError, CorruptionError
 from ..hashing import object_hash
 from ..history.objects import commit_id_of
 from ..history.reach import reachable
-from .packs import PackSet, decode_index, pack_id
+from .packs import PackIndex, decode_index, pack_id, unit_name
+from .packset import PackSet
 from .remote import Remote
-from .samples import decode_sample
+from .samples import DATA_FOLDER, decode_sample
 
 __all__ = ["RemoteVerifyReport", "verify_remote"]
 
@@ -106,34 +109,64 @@ def _check_packs(
     check: Callable[[bytes, bytes], bool],
     progress: Callable[[str, int], None] | None,
 ) -> None:
+    """Check every index of a folder, every pack they name, and every entry in it."""
     transport = packs.transport
-    names = sorted(n[:-4] for n in transport.list_names(packs.folder) if n.endswith(".idx"))
-    for pack in names:
-        idx_path, pack_path = packs.path(pack, ".idx"), packs.path(pack, ".pack")
+    entries: dict[str, list[tuple[PackIndex, np.ndarray]]] = {}
+    sizes: dict[str, int] = {}
+    for unit in sorted(
+        n for n in transport.list_names(packs.folder) if n.endswith((".idx", ".midx"))
+    ):
+        where = packs.path(unit)
         try:
-            raw_index = transport.cat(idx_path)
-            index = decode_index(pack, raw_index, idx_path)
+            raw = transport.cat(where)
+            index = decode_index(unit, raw, where)
+        except _PROBLEMS as exc:
+            report.add(f"index {where}: {exc}")
+            continue
+        if unit.endswith(".midx") and unit_name(raw, ".midx") != unit:
+            report.add(f"index {where} does not match its name")
+        for number, (pack, size) in enumerate(index.packs):
+            rows = np.flatnonzero(index.entry_pack == number)
+            entries.setdefault(pack, []).append((index, rows))
+            sizes[pack] = size
+            if unit.endswith(".idx"):
+                try:
+                    data = transport.cat(packs.path(pack, ".pack"))
+                except _PROBLEMS:
+                    continue  # reported below
+                if pack_id(data, raw) != pack:
+                    report.add(
+                        f"pack {packs.path(pack, '.pack')} does not match its name (damaged or "
+                        f"truncated: {len(data)} bytes, its index says {size})"
+                    )
+    for pack, users in sorted(entries.items()):
+        pack_path = packs.path(pack, ".pack")
+        try:
             data = transport.cat(pack_path)
         except _PROBLEMS as exc:
             report.add(f"pack {pack_path}: {exc}")
             continue
         report.packs += 1
         report.bytes += len(data)
-        if len(data) != index.size or pack_id(data, raw_index) != pack:
-            report.add(
-                f"pack {pack_path} does not match its name (damaged or truncated: "
-                f"{len(data)} bytes, its index says {index.size})"
-            )
-        for name, at in zip(index.names(), range(len(index.keys)), strict=True):
-            start, size = int(index.offsets[at]), int(index.sizes[at])
-            entry = data[start : start + size]
-            if len(entry) != size or not check(name, entry):
-                report.add(
-                    f"{packs.folder} entry {name.hex()[:16]} in pack {pack_path} fails its hash"
-                )
-            if packs.folder == "data":
-                report.samples += 1
-            else:
-                report.objects += 1
+        if len(data) != sizes[pack]:
+            report.add(f"pack {pack_path} is {len(data)} bytes; its index says {sizes[pack]}")
+        seen: set[bytes] = set()
+        for index, rows in users:
+            names = index.names()
+            for row in rows.tolist():
+                name = names[row]
+                if name in seen:
+                    continue
+                seen.add(name)
+                start, size = int(index.offsets[row]), int(index.sizes[row])
+                entry = data[start : start + size]
+                if len(entry) != size or not check(name, entry):
+                    report.add(
+                        f"{packs.folder} entry {name.hex()[:16]} in pack {pack_path} fails its hash"
+                    )
+                if packs.folder == DATA_FOLDER:
+                    report.samples += 1
+                else:
+                    report.objects += 1
         if progress is not None:
             progress(f"verifying {packs.folder} packs", report.packs)

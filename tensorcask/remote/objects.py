@@ -18,7 +18,7 @@ from ..history.objectstore import (
     WriteBatch,
     kind_of,
 )
-from .packs import PackSet
+from .packset import PackSet
 from .transport import Transport
 
 __all__ = ["OBJECTS_FOLDER", "RemoteObjectStore"]

@@ -18,7 +18,7 @@ from ..errors import RemoteError
 from ..history.objectstore import Kind, ObjectStore, WriteBatch
 from ..history.store import History
 from .objects import RemoteObjectStore
-from .packs import PackSet
+from .packset import PackSet
 from .refs import RemoteRefs
 from .samples import DATA_FOLDER
 from .transport import Transport, open_transport

@@ -16,13 +16,20 @@ and the refs.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
 import numpy as np
 
-from ..errors import ConcurrentUpdateError, CorruptionError, DataNotLocalError, RefNotFoundError
+from ..errors import (
+    ConcurrentUpdateError,
+    CorruptionError,
+    DataNotLocalError,
+    RefNotFoundError,
+    RemoteError,
+)
 from ..history.objects import ColumnSchema, CommitId
 from ..history.objectstore import WriteBatch
 from ..history.reach import ancestry, reachable
@@ -165,6 +172,11 @@ def push(
                 f"pushed first); {_catch_up(remote.name, branch)}"
             )
     _remember(parts, remote.name, {branch: head})
+    # Keep the indexes (and history packs) a reader must load logarithmic in the number
+    # of pushes. The push is complete already: a failure here only leaves more files.
+    with contextlib.suppress(RemoteError, FileNotFoundError):
+        remote.objects.packs.consolidate(rewrite=True)
+        remote.data.consolidate(rewrite=False)
     return result
 
 

@@ -66,21 +66,27 @@ class Transport:
                 "the storage options (credentials, endpoint_url) and the network, then retry"
             ) from exc
 
-    def list_names(self, relative: str) -> list[str]:
-        """Names of the files directly in a folder (empty if it does not exist)."""
+    def list_files(self, relative: str) -> dict[str, int]:
+        """Name -> size of the files directly in a folder (empty if it does not exist)."""
         full = self.path(relative)
 
-        def run() -> list[str]:
+        def run() -> dict[str, int]:
             self.fs.invalidate_cache(full)
             try:
                 entries = self.fs.ls(full, detail=True)
             except FileNotFoundError:
-                return []
-            return [
-                e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "file"
-            ]
+                return {}
+            return {
+                e["name"].rstrip("/").rsplit("/", 1)[-1]: int(e.get("size") or 0)
+                for e in entries
+                if e["type"] == "file"
+            }
 
         return self._call(f"listing {full}", run)
+
+    def list_names(self, relative: str) -> list[str]:
+        """Names of the files directly in a folder (empty if it does not exist)."""
+        return list(self.list_files(relative))
 
     def find(self, relative: str) -> list[str]:
         """Paths (relative to ``relative``) of every file below a folder."""

@@ -1,0 +1,302 @@
+"""The packs of one folder of a remote: find entries, read them, write packs, consolidate indexes.
+
+:class:`PackSet` lists the folder's indexes once, keeps them in memory (an
+index never changes) and lists again only when a name is not found. Reads
+take packs up to 8 MiB whole (and keep them), and byte ranges of larger
+ones, merged when close, so reading entries in pack order costs one request
+per stretch.
+
+Every push adds a pack, so indexes would grow with the number of pushes, and
+so would the requests a reader makes to open a commit. :meth:`PackSet.consolidate`
+keeps them logarithmic, the way git's geometric repacking does: whenever the
+small indexes add up to half of the next larger one, they are merged. History
+packs are rewritten into one pack (they are small); sample packs stay as they
+are and only their indexes are merged into a multi-pack index, so
+consolidating never uploads sample bytes again.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .packs import (
+    KEY_BYTES,
+    Located,
+    PackIndex,
+    decode_index,
+    encode_multi_index,
+    encode_pack,
+    entry_key,
+    pack_id,
+)
+from .transport import Transport
+
+__all__ = ["PackSet"]
+
+_GAP = 1 << 18  # ranges closer than this are read as one request
+_WHOLE_PACK = 8 << 20  # smaller packs are read whole and kept in memory
+_WHOLE_CACHE = 256 << 20  # bytes of whole packs kept, at most
+_REWRITE_LIMIT = 256 << 20  # history packs are rewritten only up to this many bytes at once
+_UNITS = (".idx", ".midx")
+
+
+def _is_unit(name: str) -> bool:
+    return name.endswith(_UNITS) and not name.startswith(".")
+
+
+def geometric(sizes: dict[str, int], factor: int = 2) -> list[str]:
+    """The smallest units to merge so that each remaining one is ``factor`` times all below it."""
+    order = sorted(sizes, key=lambda n: (sizes[n], n))
+    total = cut = 0
+    for i, name in enumerate(order):
+        if i and sizes[name] < factor * total:
+            cut = i + 1
+        total += sizes[name]
+    return order[:cut] if cut >= 2 else []
+
+
+class PackSet:
+    """The packs in one folder of a remote.
+
+    Parameters
+    ----------
+    transport:
+        The remote's filesystem and root.
+    folder:
+        The folder under the root (``objects`` or ``data``).
+    """
+
+    def __init__(self, transport: Transport, folder: str) -> None:
+        self.transport = transport
+        self.folder = folder
+        self._units: dict[str, PackIndex] = {}
+        self._whole: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+        self._listed = False
+
+    def path(self, name: str, suffix: str = "") -> str:
+        """Full path of ``<name><suffix>`` in this folder."""
+        return self.transport.path(f"{self.folder}/{name}{suffix}")
+
+    # -- the indexes -----------------------------------------------------
+
+    def refresh(self) -> None:
+        """List the folder: load the indexes not seen yet, forget those no longer there."""
+        for attempt in range(3):
+            listed = [n for n in self.transport.list_files(self.folder) if _is_unit(n)]
+            new = [n for n in listed if n not in self._units]
+            try:
+                raw = self.transport.cat_many([self.path(n) for n in new])
+            except FileNotFoundError:  # consolidated away since the listing
+                if attempt == 2:
+                    raise
+                continue
+            loaded = {n: decode_index(n, d, self.path(n)) for n, d in zip(new, raw, strict=True)}
+            with self._lock:
+                self._units = {n: self._units.get(n) or loaded[n] for n in listed}
+                self._listed = True
+            return
+
+    def indexes(self) -> list[PackIndex]:
+        """The indexes known (listing the folder the first time)."""
+        if not self._listed:
+            self.refresh()
+        with self._lock:
+            return list(self._units.values())
+
+    def locate(self, names: Sequence[bytes]) -> Located:
+        """Where each name is (a pack and a byte range), listing again on a miss."""
+        keys = np.array([entry_key(n) for n in names], f"S{KEY_BYTES}")
+        found = self._find(keys)
+        if not found.found().all():
+            self.refresh()
+            found = self._find(keys)
+        return found
+
+    def _find(self, keys: np.ndarray) -> Located:
+        packs: list[tuple[str, int]] = []
+        number: dict[str, int] = {}
+        pack = np.full(len(keys), -1, np.int32)
+        offset = np.zeros(len(keys), np.int64)
+        size = np.zeros(len(keys), np.int64)
+        for index in self.indexes():
+            todo = np.flatnonzero(pack < 0)
+            if not len(todo):
+                break
+            at = index.find(keys[todo])
+            hit = at >= 0
+            if not hit.any():
+                continue
+            for p in index.packs:
+                if p[0] not in number:
+                    number[p[0]] = len(packs)
+                    packs.append(p)
+            local = np.array([number[p[0]] for p in index.packs], np.int32)
+            chosen, rows = todo[hit], at[hit]
+            pack[chosen] = local[index.entry_pack[rows]]
+            offset[chosen] = index.offsets[rows]
+            size[chosen] = index.sizes[rows]
+        return Located(packs, pack, offset, size)
+
+    # -- reading ---------------------------------------------------------
+
+    def get_many(self, names: Sequence[bytes]) -> list[bytes | None]:
+        """The stored bytes of each entry (None where absent), in order."""
+        try:
+            return self.read(self.locate(names))
+        except FileNotFoundError:  # a pack rewritten away since it was indexed
+            self.refresh()
+            return self.read(self.locate(names))
+
+    def has_many(self, names: Sequence[bytes]) -> list[bool]:
+        """Whether each name is in some pack."""
+        if not names:
+            return []
+        return [bool(f) for f in self.locate(names).found().tolist()]
+
+    def read(self, where: Located) -> list[bytes | None]:
+        """The bytes of located entries (None where absent), in order."""
+        out: list[bytes | None] = [None] * len(where.pack)
+        present = np.flatnonzero(where.pack >= 0)
+        paths: list[str] = []
+        starts: list[int] = []
+        ends: list[int] = []
+        spans: list[np.ndarray] = []
+        whole: dict[str, np.ndarray] = {}
+        for number in np.unique(where.pack[present]).tolist():
+            pack, pack_size = where.packs[number]
+            members = present[where.pack[present] == number]
+            with self._lock:
+                cached = self._whole.get(pack)
+            if cached is not None:
+                _slice_into(out, cached, 0, members, where)
+            elif pack_size <= _WHOLE_PACK:
+                whole[pack] = members
+            else:
+                members = members[np.argsort(where.offset[members], kind="stable")]
+                first = where.offset[members]
+                last = np.maximum.accumulate(first + where.size[members])
+                breaks = np.flatnonzero(first[1:] - last[:-1] > _GAP) + 1
+                for span in np.split(np.arange(len(members)), breaks):
+                    paths.append(self.path(pack, ".pack"))
+                    starts.append(int(first[span[0]]))
+                    ends.append(int(last[span[-1]]))
+                    spans.append(members[span])
+        if whole:
+            got = self.transport.cat_many([self.path(p, ".pack") for p in whole])
+            with self._lock:
+                if sum(map(len, self._whole.values())) > _WHOLE_CACHE:
+                    self._whole.clear()
+                self._whole.update(zip(whole, got, strict=True))
+            for data, members in zip(got, whole.values(), strict=True):
+                _slice_into(out, data, 0, members, where)
+        if paths:
+            blocks = self.transport.cat_ranges(paths, starts, ends)
+            for block, start, members in zip(blocks, starts, spans, strict=True):
+                _slice_into(out, block, start, members, where)
+        return out
+
+    def names(self, lead: int | None = None, prefix: bytes = b"") -> Iterator[bytes]:
+        """Entry names (of length ``lead`` if given) that start with ``prefix``, sorted."""
+        self.refresh()
+        chosen: set[bytes] = set()
+        for index in self.indexes():
+            for name in index.names():
+                if (lead is None or len(name) == lead) and name.startswith(prefix):
+                    chosen.add(name)
+        return iter(sorted(chosen))
+
+    # -- writing ---------------------------------------------------------
+
+    def write(self, items: Sequence[tuple[bytes, bytes]]) -> str | None:
+        """Store ``items`` as one new pack (the pack first, then its index); its id."""
+        if not items:
+            return None
+        pack, index = encode_pack(items)
+        name = pack_id(pack, index)
+        self.transport.put(self.path(name, ".pack"), pack)
+        self.transport.put(self.path(name, ".idx"), index)
+        decoded = decode_index(name + ".idx", index, self.path(name, ".idx"))
+        with self._lock:
+            self._units[name + ".idx"] = decoded
+        return name
+
+    def delete_many(self, names: Iterable[bytes]) -> int:
+        """Remove entries by rewriting the packs that hold them; how many existed.
+
+        For history packs (single-pack indexes); sample packs are never rewritten.
+        """
+        wanted = list(dict.fromkeys(names))
+        if not wanted:
+            return 0
+        self.refresh()
+        hit = self.locate(wanted).found()
+        doomed = {entry_key(n) for n, h in zip(wanted, hit.tolist(), strict=True) if h}
+        for index in self.indexes():
+            if not any(k.ljust(KEY_BYTES, b"\0") in doomed for k in index.keys.tolist()):
+                continue
+            keep = [n for n in index.names() if entry_key(n) not in doomed]
+            self._replace([index], keep)
+        return len(doomed)
+
+    def _replace(self, units: list[PackIndex], keep: list[bytes]) -> None:
+        """Write one pack of ``keep`` (from ``units``' packs), then remove the units and packs."""
+        data = self.get_many(keep)
+        self.write([(n, d) for n, d in zip(keep, data, strict=True) if d is not None])
+        for index in units:
+            self.transport.remove([self.path(index.unit)])
+            self.transport.remove([self.path(p, ".pack") for p, _ in index.packs])
+            with self._lock:
+                self._units.pop(index.unit, None)
+                for p, _ in index.packs:
+                    self._whole.pop(p, None)
+
+    def consolidate(self, *, rewrite: bool) -> int:
+        """Merge the small indexes geometrically; how many were merged (0: nothing to do).
+
+        With ``rewrite`` (history packs) their packs are rewritten into one
+        pack; otherwise (sample packs) only their indexes are merged, into a
+        multi-pack index. Either way the new files are written before the old
+        ones are removed, so every entry is always findable, and concurrent
+        consolidations only ever duplicate work.
+        """
+        sizes = {n: s for n, s in self.transport.list_files(self.folder).items() if _is_unit(n)}
+        chosen = geometric(sizes)
+        if rewrite:
+            chosen = [n for n in chosen if n.endswith(".idx")]
+        if len(chosen) < 2:
+            return 0
+        self.refresh()
+        units = [self._units[n] for n in chosen if n in self._units]
+        if len(units) < 2:
+            return 0
+        if rewrite:
+            total = sum(size for index in units for _, size in index.packs)
+            if total > _REWRITE_LIMIT:
+                return 0
+            keep = sorted({n for index in units for n in index.names()})
+            self._replace(units, keep)
+            return len(units)
+        unit, data = encode_multi_index(units)
+        self.transport.put(self.path(unit), data)
+        decoded = decode_index(unit, data, self.path(unit))
+        with self._lock:
+            self._units[unit] = decoded
+        for index in units:
+            self.transport.remove([self.path(index.unit)])
+            with self._lock:
+                self._units.pop(index.unit, None)
+        return len(units)
+
+
+def _slice_into(
+    out: list[bytes | None], block: bytes, start: int, members: np.ndarray, where: Located
+) -> None:
+    """Cut the entries ``members`` out of ``block`` (which begins at offset ``start``)."""
+    for i, offset, size in zip(
+        members.tolist(), where.offset[members].tolist(), where.size[members].tolist(), strict=True
+    ):
+        out[i] = block[offset - start : offset - start + size]  # short: fails the hash check
