@@ -340,15 +340,21 @@ def add_remote_commands(subs: Any) -> None:
     p.add_argument("name", metavar="NAME")
     p = add_command(remote_subs, "list", cmd_remote_list, "list remotes (the default)")
     # --json may come before `list` (`remote --json list`): do not reset it here.
-    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON")
+    p.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document"
+    )
 
     p = add_command(subs, "push", cmd_push, "upload a branch to a remote", True)
-    p.add_argument("remote", nargs="?", default=DEFAULT_REMOTE, metavar="REMOTE")
+    p.add_argument(
+        "remote", nargs="?", default=DEFAULT_REMOTE, metavar="REMOTE", help="default: origin"
+    )
     p.add_argument("branch", nargs="?", metavar="BRANCH", help="default: the current branch")
     p.add_argument("--force", action="store_true", help="overwrite a remote branch that moved")
 
     p = add_command(subs, "fetch", cmd_fetch, "download branches, tags or data of a remote", True)
-    p.add_argument("remote", nargs="?", default=DEFAULT_REMOTE, metavar="REMOTE")
+    p.add_argument(
+        "remote", nargs="?", default=DEFAULT_REMOTE, metavar="REMOTE", help="default: origin"
+    )
     p.add_argument("branch", nargs="?", metavar="BRANCH", help="default: every branch")
     p.add_argument("--data", metavar="REF", help="fetch the samples of REF (a partial clone)")
     p.add_argument(

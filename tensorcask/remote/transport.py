@@ -98,7 +98,7 @@ class Transport:
                 found = self.fs.find(full)
             except FileNotFoundError:
                 return []
-            base = self.fs._strip_protocol(full).rstrip("/") + "/"
+            base = full.rstrip("/") + "/"  # the root has no protocol, as find's answers
             return sorted(p[len(base) :] for p in found if p.startswith(base))
 
         return self._call(f"listing {full}", run)
@@ -116,7 +116,7 @@ class Transport:
             got = self.fs.cat(list(paths), on_error="return")
             out = []
             for p in paths:
-                value = got[p] if p in got else got.get(self.fs._strip_protocol(p))
+                value = got.get(p)  # keyed by the paths asked (no protocol), as the root is
                 if isinstance(value, FileNotFoundError) or value is None:
                     raise FileNotFoundError(p)
                 if isinstance(value, BaseException):
