@@ -47,6 +47,7 @@ class S3Server:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.endpoint_url = ""
+        self._admin: Any = None
 
     def start(self) -> S3Server:
         self._server.start()
@@ -76,8 +77,10 @@ class S3Server:
 
     def new_bucket(self) -> str:
         """Create a bucket of its own for one test; its name."""
+        if self._admin is None:  # a new s3fs client costs about a second
+            self._admin = self.filesystem()
         name = f"bucket-{next(_BUCKETS)}"
-        self.filesystem().call_s3("create_bucket", Bucket=name)
+        self._admin.call_s3("create_bucket", Bucket=name)
         return name
 
 

@@ -38,14 +38,15 @@ from ..history.store import History
 from ..history.tree import Node
 from ..keys import encode_keys
 from ..parts import RepositoryParts
-from ..storage.base import Location, Payload
+from ..storage.base import BLOB, Location, Payload
 from .remote import LayeredObjects, Remote
 from .samples import DATA_FOLDER, decode_many, encode_sample
 
 __all__ = ["FetchResult", "PushResult", "Transfer", "fetch", "fetch_data", "push"]
 
 Transfer = Callable[[str, int, int], None]
-"""Called as ``progress(what, done, total)``: ``what`` is ``"objects"`` or ``"bytes"``."""
+"""Called as ``progress(what, done, total)``: ``what`` is ``"samples"``, ``"objects"`` or
+``"bytes"`` (sample bytes; history bytes are counted in the results only)."""
 
 PACK_BYTES = 256 << 20
 """Sample bytes per pack (a pack is built in memory, then uploaded)."""
@@ -222,6 +223,8 @@ def _upload_samples(
     pending: list[tuple[bytes, bytes]] = []
     pending_bytes = 0
     total = len(located)
+    total_bytes = sum(_nbytes(loc) for _, loc in located)
+    read_bytes = 0
     for start in range(0, total, _CHUNK):
         stretch = located[start : start + _CHUNK]
         names = [d for d, _ in stretch]
@@ -230,16 +233,25 @@ def _upload_samples(
             entry = encode_sample(kinds[digest], payload)
             pending.append((digest, entry))
             pending_bytes += len(entry)
+            read_bytes += len(entry)
             if pending_bytes >= PACK_BYTES:
                 remote.data.write(pending)
                 result.bytes += pending_bytes
                 pending, pending_bytes = [], 0
         result.samples += len(stretch)
         _note(progress, "samples", result.samples, total)
+        _note(progress, "bytes", read_bytes, max(total_bytes, read_bytes))
     if pending:
         remote.data.write(pending)
         result.bytes += pending_bytes
-    _note(progress, "bytes", result.bytes, result.bytes)
+    _note(progress, "bytes", read_bytes, read_bytes)
+
+
+def _nbytes(loc: Location) -> int:
+    """Bytes of the sample at ``loc`` (for progress totals)."""
+    if loc.dtype == BLOB:
+        return int(loc.shape[0]) if loc.shape else 0
+    return int(np.prod(loc.shape, dtype=np.int64)) * np.dtype(loc.dtype).itemsize
 
 
 def _push_tags(
