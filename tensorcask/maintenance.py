@@ -12,7 +12,7 @@ import lmdb
 from .errors import CaskError, CorruptionError
 from .history.objects import ColumnSchema
 from .history.reach import reachable
-from .history.refs import HEADS, TAGS
+from .history.refs import HEADS, REMOTES, TAGS
 from .history.tree import Node
 from .keys import decode_key
 from .parts import RepositoryParts
@@ -71,8 +71,13 @@ class GCReport:
 
 
 def _ref_targets(parts: RepositoryParts) -> list[str]:
-    """What the refs and the staging area point at: the roots of everything kept."""
-    targets: list[str] = [*parts.refs.listing(HEADS).values(), *parts.refs.listing(TAGS).values()]
+    """What the refs (branches, tags, remote branches) and the staging area point at: the
+    roots of everything kept."""
+    targets: list[str] = [
+        *parts.refs.listing(HEADS).values(),
+        *parts.refs.listing(TAGS).values(),
+        *parts.refs.listing(REMOTES).values(),
+    ]
     with parts.db.read() as txn:
         state = parts.staging.state(txn)
     if state is not None and state.base:
