@@ -121,7 +121,7 @@ def push(
     if head is None:
         known = ", ".join(sorted(parts.refs.listing(HEADS))) or "none yet: make a first commit"
         raise RefNotFoundError(f"no branch named {branch!r} to push (branches: {known})")
-    remote.check_format(create=True)
+    remote.check_format(create=False)  # refuses a remote of a newer format
     theirs_all = remote.refs.listing()
     theirs = theirs_all.get(HEADS + branch)
     result = PushResult(branch, head)
@@ -139,9 +139,12 @@ def push(
             f"ancestor of {head[:12]} (someone else pushed, or the histories diverged); "
             f"{_catch_up(remote.name, branch)}, or push with force=True to overwrite it"
         )
-    # What the remote has: everything its refs reach (a push moves a ref only once all
-    # of it is uploaded), as far as this repository knows those commits.
-    have = [c for c in set(theirs_all.values()) if parts.objects.has(bytes.fromhex(c))]
+    # What the remote has: everything its refs reach, and everything they reached when
+    # this repository last fetched or pushed (a push moves a ref only once all of it is
+    # uploaded, and nothing on a remote is ever removed), as far as this repository
+    # knows those commits.
+    seen = {*theirs_all.values(), *parts.refs.listing(f"{REMOTES}{remote.name}/").values()}
+    have = [c for c in seen if parts.objects.has(bytes.fromhex(c))]
     kinds: dict[bytes, str] = {}
 
     def on_leaf(column: str, schema: ColumnSchema, page: Node) -> None:
@@ -149,7 +152,9 @@ def push(
             kinds.setdefault(digest, schema.kind)
 
     walk = reachable(history, [head], excluding=have, on_leaf=on_leaf)
-    _upload_samples(parts, remote, list(walk.digests), kinds, result, progress)
+    located = _locate_samples(parts, remote, list(walk.digests))
+    remote.check_format(create=True)  # nothing is written to a remote before this point
+    _upload_samples(parts, remote, located, kinds, result, progress)
     names = [bytes.fromhex(c) for c in walk.commits] + sorted(walk.objects)
     batch = WriteBatch()
     for name, data in zip(names, parts.objects.get_many(names), strict=True):
@@ -188,18 +193,14 @@ def _catch_up(remote: str, branch: str) -> str:
     )
 
 
-def _upload_samples(
-    parts: RepositoryParts,
-    remote: Remote,
-    digests: list[bytes],
-    kinds: dict[bytes, str],
-    result: PushResult,
-    progress: Transfer | None,
-) -> None:
-    """Pack and upload the samples of ``digests``, read in storage order.
+def _locate_samples(
+    parts: RepositoryParts, remote: Remote, digests: list[bytes]
+) -> list[tuple[bytes, Location]]:
+    """Where each sample to push is stored here, in storage order.
 
     The walk already left out what the remote's refs reach, so the remote's
-    data indexes are not consulted, except for samples a partial clone lacks.
+    data indexes are not consulted, except for samples a partial clone lacks
+    (DataNotLocalError when the remote lacks them too).
     """
     store = parts.store
     located: list[tuple[bytes, Location]] = []
@@ -220,6 +221,19 @@ def _upload_samples(
                 "fetch them with repo.fetch_data() from the remote this clone came from first"
             )
     located.sort(key=lambda item: (item[1].backend, item[1].segment, item[1].offset))
+    return located
+
+
+def _upload_samples(
+    parts: RepositoryParts,
+    remote: Remote,
+    located: list[tuple[bytes, Location]],
+    kinds: dict[bytes, str],
+    result: PushResult,
+    progress: Transfer | None,
+) -> None:
+    """Pack and upload the samples at ``located`` (read in that order)."""
+    store = parts.store
     pending: list[tuple[bytes, bytes]] = []
     pending_bytes = 0
     total = len(located)
