@@ -98,7 +98,9 @@ class RemoteMethods:
         Every object is checked against its hash, and every sample against
         its digest, before it is stored. A partial clone fetches history
         only (see :meth:`fetch_data`). Local branches do not move: merge
-        ``origin/main`` into one to take the changes.
+        ``origin/main`` into one to take the changes. Takes the writer lock
+        (:class:`~tensorcask.errors.WriterLockError` while a write checkout
+        is open).
         """
         self._parts.require_writable(f"fetch from {remote!r}")
         branches = [branch] if isinstance(branch, str) else branch
@@ -123,7 +125,7 @@ class RemoteMethods:
         that this repository lacks (a partial clone's data, on demand).
 
         Keys a column lacks are skipped. Samples are checked against their
-        digests before they are stored.
+        digests before they are stored. Takes the writer lock, as :meth:`fetch`.
         """
         self._parts.require_writable(f"fetch data from {remote!r}")
         commit = self._parts.history.resolve(ref)
