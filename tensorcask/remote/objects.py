@@ -8,6 +8,7 @@ checks each against its name before decoding it, as it does locally.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 
 from ..history.objectstore import (
@@ -33,12 +34,43 @@ class RemoteObjectStore(ObjectStore):
     def __init__(self, transport: Transport) -> None:
         self.packs = PackSet(transport, OBJECTS_FOLDER)
         self.location = transport.path(OBJECTS_FOLDER)
+        self._commits: dict[bytes, bytes | None] = {}
+        self._commit_units: set[str] = set()
+        self._lock = threading.Lock()
 
     def get_many(self, names: Sequence[bytes]) -> list[bytes | None]:
         wanted = [bytes(n) for n in names]
-        for n in wanted:
-            kind_of(n)
-        return self.packs.get_many(wanted)
+        commits = [kind_of(n) == "commit" for n in wanted]
+        if not any(commits):
+            return self.packs.get_many(wanted)
+        # Walks ask for commits one at a time: read all of them once instead (they are
+        # small and contiguous in each pack), then again only for packs new since.
+        if any(c and n not in self._commits for n, c in zip(wanted, commits, strict=True)):
+            self._load_commits()
+        out = self.packs.get_many([n for n, c in zip(wanted, commits, strict=True) if not c])
+        others = iter(out)
+        return [
+            self._commits.get(n) if c else next(others)
+            for n, c in zip(wanted, commits, strict=True)
+        ]
+
+    def _load_commits(self) -> None:
+        for attempt in range(2):
+            if attempt:
+                self.packs.refresh()
+            with self._lock:
+                skip = set(self._commit_units)
+            try:
+                found = self.packs.entries_of_length(COMMIT_NAME_BYTES, skip=skip)
+            except FileNotFoundError:  # a pack rewritten away since it was indexed
+                self.packs.refresh()
+                found = self.packs.entries_of_length(COMMIT_NAME_BYTES, skip=skip)
+            with self._lock:
+                for unit, entries in found.items():
+                    self._commits.update(entries)
+                    self._commit_units.add(unit)
+            if found:
+                return
 
     def has_many(self, names: Sequence[bytes]) -> list[bool]:
         wanted = [bytes(n) for n in names]
@@ -56,4 +88,7 @@ class RemoteObjectStore(ObjectStore):
         wanted = [bytes(n) for n in names]
         for n in wanted:
             kind_of(n)
+        with self._lock:
+            for n in wanted:
+                self._commits.pop(n, None)
         return self.packs.delete_many(wanted)

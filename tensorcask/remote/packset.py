@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 
 import numpy as np
 
@@ -39,7 +40,7 @@ __all__ = ["PackSet"]
 _GAP = 1 << 18  # ranges closer than this are read as one request
 _WHOLE_PACK = 8 << 20  # smaller packs are read whole and kept in memory
 _WHOLE_CACHE = 256 << 20  # bytes of whole packs kept, at most
-_REWRITE_LIMIT = 256 << 20  # history packs are rewritten only up to this many bytes at once
+_REWRITE_LIMIT = 8 << 20  # history packs are rewritten only up to this many bytes at once
 _UNITS = (".idx", ".midx")
 
 
@@ -199,6 +200,28 @@ class PackSet:
                 _slice_into(out, block, start, members, where)
         return out
 
+    def entries_of_length(
+        self, lead: int, *, skip: AbstractSet[str] = frozenset()
+    ) -> dict[str, dict[bytes, bytes | None]]:
+        """Every entry whose name is ``lead`` bytes long, per index (except those in ``skip``).
+
+        Names of one length are contiguous in a pack (keys start with the
+        length), so this is one ranged read per pack: how a reader takes all
+        commits at once instead of one request per commit.
+        """
+        out: dict[str, dict[bytes, bytes | None]] = {}
+        for index in self.indexes():
+            if index.unit in skip:
+                continue
+            lengths = np.frombuffer(index.keys.tobytes(), np.uint8)[::KEY_BYTES]
+            rows = np.flatnonzero(lengths == lead)
+            where = Located(
+                list(index.packs), index.entry_pack[rows], index.offsets[rows], index.sizes[rows]
+            )
+            names = [_name_of_key(k) for k in index.keys[rows].tolist()]
+            out[index.unit] = dict(zip(names, self.read(where), strict=True))
+        return out
+
     def names(self, lead: int | None = None, prefix: bytes = b"") -> Iterator[bytes]:
         """Entry names (of length ``lead`` if given) that start with ``prefix``, sorted."""
         self.refresh()
@@ -238,14 +261,19 @@ class PackSet:
         for index in self.indexes():
             if not any(k.ljust(KEY_BYTES, b"\0") in doomed for k in index.keys.tolist()):
                 continue
-            keep = [n for n in index.names() if entry_key(n) not in doomed]
-            self._replace([index], keep)
+            self._replace([index], doomed)
         return len(doomed)
 
-    def _replace(self, units: list[PackIndex], keep: list[bytes]) -> None:
-        """Write one pack of ``keep`` (from ``units``' packs), then remove the units and packs."""
-        data = self.get_many(keep)
-        self.write([(n, d) for n, d in zip(keep, data, strict=True) if d is not None])
+    def _replace(self, units: list[PackIndex], drop: AbstractSet[bytes] = frozenset()) -> None:
+        """Write the entries of ``units`` (less ``drop``) as one pack, then remove the units
+        and their packs."""
+        keep: dict[bytes, bytes] = {}
+        for index in units:
+            where = Located(list(index.packs), index.entry_pack, index.offsets, index.sizes)
+            for name, data in zip(index.names(), self.read(where), strict=True):
+                if entry_key(name) not in drop and data is not None:
+                    keep[name] = data
+        self.write(list(keep.items()))
         for index in units:
             self.transport.remove([self.path(index.unit)])
             self.transport.remove([self.path(p, ".pack") for p, _ in index.packs])
@@ -257,39 +285,48 @@ class PackSet:
     def consolidate(self, *, rewrite: bool) -> int:
         """Merge the small indexes geometrically; how many were merged (0: nothing to do).
 
-        With ``rewrite`` (history packs) their packs are rewritten into one
-        pack; otherwise (sample packs) only their indexes are merged, into a
-        multi-pack index. Either way the new files are written before the old
-        ones are removed, so every entry is always findable, and concurrent
-        consolidations only ever duplicate work.
+        Only the indexes chosen are read. With ``rewrite`` (history), packs
+        that add up to at most 8 MiB are rewritten into one pack (a reader
+        then fetches them in one request); otherwise only the indexes are
+        merged, into a multi-pack index, and no entry is uploaded again. The
+        new files are written before the old ones are removed, so every entry
+        is always findable, and concurrent consolidations only duplicate work.
         """
         sizes = {n: s for n, s in self.transport.list_files(self.folder).items() if _is_unit(n)}
         chosen = geometric(sizes)
-        if rewrite:
-            chosen = [n for n in chosen if n.endswith(".idx")]
         if len(chosen) < 2:
             return 0
-        self.refresh()
-        units = [self._units[n] for n in chosen if n in self._units]
-        if len(units) < 2:
+        try:
+            units = self._load(chosen)
+        except FileNotFoundError:  # another client consolidated them first
             return 0
-        if rewrite:
-            total = sum(size for index in units for _, size in index.packs)
-            if total > _REWRITE_LIMIT:
-                return 0
-            keep = sorted({n for index in units for n in index.names()})
-            self._replace(units, keep)
+        if rewrite and sum(size for index in units for _, size in index.packs) <= _REWRITE_LIMIT:
+            self._replace(units)
             return len(units)
         unit, data = encode_multi_index(units)
         self.transport.put(self.path(unit), data)
         decoded = decode_index(unit, data, self.path(unit))
         with self._lock:
             self._units[unit] = decoded
-        for index in units:
-            self.transport.remove([self.path(index.unit)])
-            with self._lock:
+        self.transport.remove([self.path(index.unit) for index in units])
+        with self._lock:
+            for index in units:
                 self._units.pop(index.unit, None)
         return len(units)
+
+    def _load(self, units: list[str]) -> list[PackIndex]:
+        """The indexes named ``units`` (from memory, else read)."""
+        with self._lock:
+            known = {n: self._units[n] for n in units if n in self._units}
+        todo = [n for n in units if n not in known]
+        raw = self.transport.cat_many([self.path(n) for n in todo])
+        known.update({n: decode_index(n, d, self.path(n)) for n, d in zip(todo, raw, strict=True)})
+        return [known[n] for n in units]
+
+
+def _name_of_key(key: bytes) -> bytes:
+    """The name in an entry key as numpy returns it (trailing zero bytes stripped)."""
+    return key[1 : 1 + key[0]].ljust(key[0], b"\0")
 
 
 def _slice_into(
