@@ -666,10 +666,10 @@ def test_many_small_packs_and_chunks(
     remote_url: RemoteURL, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With tiny pack and batch sizes, samples spread over many packs still round-trip."""
-    from tensorcask.remote import sync
+    from tensorcask.remote import transfer
 
-    monkeypatch.setattr(sync, "PACK_BYTES", 500)
-    monkeypatch.setattr(sync, "_CHUNK", 7)
+    monkeypatch.setattr(transfer, "PACK_BYTES", 500)
+    monkeypatch.setattr(transfer, "READ_BATCH", 7)
     with _new_repo(tmp_path / "src") as src:
         remote_url.add_to(src)
         pushed = src.push("origin")

@@ -12,7 +12,7 @@ from ..parts import RepositoryParts
 from ..repository import Repository, init
 from . import registry, sync
 from .remote import Remote
-from .sync import Transfer
+from .transfer import Transfer
 
 __all__ = ["clone"]
 

@@ -13,7 +13,8 @@ from typing import Any
 from ..parts import RepositoryParts
 from . import registry, sync
 from .check import RemoteVerifyReport, verify_remote
-from .sync import FetchResult, PushResult, Transfer
+from .sync import FetchResult, PushResult
+from .transfer import Transfer
 
 __all__ = ["RemoteMethods"]
 

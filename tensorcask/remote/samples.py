@@ -8,8 +8,10 @@ before it hashes to its name.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 
@@ -17,10 +19,15 @@ from ..errors import CorruptionError
 from ..hashing import array_digest_prefix, blob_digest
 from ..storage.base import Payload
 
-__all__ = ["DATA_FOLDER", "decode_sample", "encode_sample"]
+__all__ = ["DATA_FOLDER", "decode_many", "decode_sample", "encode_rows", "encode_sample"]
 
 DATA_FOLDER = "data"
 _KINDS = ("ndarray", "str", "bytes")
+
+
+def _array_head(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    name = dtype.str.encode()
+    return struct.pack(f"<BB{len(name)}sB{len(shape)}Q", 0, len(name), name, len(shape), *shape)
 
 
 def encode_sample(kind: str, payload: Payload) -> bytes:
@@ -29,12 +36,25 @@ def encode_sample(kind: str, payload: Payload) -> bytes:
         arr = np.asarray(payload)
         if not arr.flags.c_contiguous:  # (np.ascontiguousarray would make a 0-d array 1-d)
             arr = arr.copy(order="C")
-        dtype = arr.dtype.str.encode()
-        head = struct.pack(
-            f"<BB{len(dtype)}sB{arr.ndim}Q", 0, len(dtype), dtype, arr.ndim, *arr.shape
-        )
-        return head + arr.tobytes()
+        return _array_head(arr.dtype, arr.shape) + arr.tobytes()
     return bytes([_KINDS.index(kind)]) + bytes(payload)
+
+
+def encode_rows(stacked: np.ndarray) -> list[bytes]:
+    """The pack entries of equal-shape array samples stacked along the first axis."""
+    head = _array_head(stacked.dtype, stacked.shape[1:])
+    raw = np.ascontiguousarray(stacked).tobytes()
+    step = len(raw) // len(stacked) if len(stacked) else 0
+    return (
+        [head + raw[i : i + step] for i in range(0, len(raw), step)]
+        if step
+        else [head for _ in range(len(stacked))]
+    )
+
+
+@lru_cache(maxsize=1024)
+def _prefix(dtype: str, shape: tuple[int, ...]) -> hashlib.blake2b:
+    return array_digest_prefix(np.dtype(dtype), shape)
 
 
 def decode_sample(entry: bytes, digest: bytes, where: str) -> tuple[str, Payload]:
@@ -47,7 +67,7 @@ def decode_sample(entry: bytes, digest: bytes, where: str) -> tuple[str, Payload
             ndim = entry[2 + n]
             shape = struct.unpack_from(f"<{ndim}Q", entry, 3 + n)
             body = memoryview(entry)[3 + n + 8 * ndim :]
-            h = array_digest_prefix(dtype, shape)
+            h = _prefix(dtype.str, shape).copy()
             h.update(body)
             ok = h.digest() == digest
             payload: Payload = np.frombuffer(body, dtype).reshape(shape) if ok else b""

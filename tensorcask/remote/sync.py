@@ -17,16 +17,11 @@ and the refs.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import cast
-
-import numpy as np
 
 from ..errors import (
     ConcurrentUpdateError,
-    CorruptionError,
-    DataNotLocalError,
     RefNotFoundError,
     RemoteError,
 )
@@ -38,20 +33,10 @@ from ..history.store import History
 from ..history.tree import Node
 from ..keys import encode_keys
 from ..parts import RepositoryParts
-from ..storage.base import BLOB, Location, Payload
 from .remote import LayeredObjects, Remote
-from .samples import DATA_FOLDER, decode_many, encode_sample
+from .transfer import Transfer, download_samples, locate_local, note, upload_samples
 
-__all__ = ["FetchResult", "PushResult", "Transfer", "fetch", "fetch_data", "push"]
-
-Transfer = Callable[[str, int, int], None]
-"""Called as ``progress(what, done, total)``: ``what`` is ``"samples"``, ``"objects"`` or
-``"bytes"`` (sample bytes; history bytes are counted in the results only)."""
-
-PACK_BYTES = 256 << 20
-"""Sample bytes per pack (a pack is built in memory, then uploaded)."""
-_CHUNK = 4096  # samples read per local batch
-_FETCH_BYTES = 64 << 20  # sample bytes downloaded per request
+__all__ = ["FetchResult", "PushResult", "fetch", "fetch_data", "push"]
 
 
 @dataclass
@@ -98,11 +83,6 @@ class FetchResult:
     samples: int = 0
     bytes: int = 0
     tags: list[str] = field(default_factory=list)
-
-
-def _note(progress: Transfer | None, what: str, done: int, total: int) -> None:
-    if progress is not None:
-        progress(what, done, total)
 
 
 # -- push ------------------------------------------------------------------
@@ -152,9 +132,10 @@ def push(
             kinds.setdefault(digest, schema.kind)
 
     walk = reachable(history, [head], excluding=have, on_leaf=on_leaf)
-    located = _locate_samples(parts, remote, list(walk.digests))
+    located = locate_local(parts, remote, list(walk.digests))
     remote.check_format(create=True)  # nothing is written to a remote before this point
-    _upload_samples(parts, remote, located, kinds, result, progress)
+    moved = upload_samples(parts, remote, located, kinds, progress)
+    result.samples, result.bytes = moved.samples, moved.bytes
     names = [bytes.fromhex(c) for c in walk.commits] + sorted(walk.objects)
     batch = WriteBatch()
     for name, data in zip(names, parts.objects.get_many(names), strict=True):
@@ -168,7 +149,7 @@ def push(
         remote.objects.write(batch)
         result.bytes += batch.nbytes()
     result.commits, result.objects = len(walk.commits), len(batch)
-    _note(progress, "objects", len(batch), len(batch))
+    note(progress, "objects", len(batch), len(batch))
     result.tags = _push_tags(parts, remote, head, theirs_all)
     if theirs != head:
         old = remote.refs.get(HEADS + branch) if force else theirs
@@ -191,81 +172,6 @@ def _catch_up(remote: str, branch: str) -> str:
         f"run repo.fetch({remote!r}, {branch!r}), merge {remote + '/' + branch!r} into "
         f"{branch!r} (repo.merge({remote + '/' + branch!r}, {branch!r})) and push again"
     )
-
-
-def _locate_samples(
-    parts: RepositoryParts, remote: Remote, digests: list[bytes]
-) -> list[tuple[bytes, Location]]:
-    """Where each sample to push is stored here, in storage order.
-
-    The walk already left out what the remote's refs reach, so the remote's
-    data indexes are not consulted, except for samples a partial clone lacks
-    (DataNotLocalError when the remote lacks them too).
-    """
-    store = parts.store
-    located: list[tuple[bytes, Location]] = []
-    absent: list[bytes] = []
-    for start in range(0, len(digests), _CHUNK * 16):
-        batch = digests[start : start + _CHUNK * 16]
-        for digest, loc in zip(batch, store.locate_many(batch), strict=True):
-            if loc is None:
-                absent.append(digest)
-            else:
-                located.append((digest, loc))
-    if absent:
-        lacking = [d for d, h in zip(absent, remote.data.has_many(absent), strict=True) if not h]
-        if lacking:
-            raise DataNotLocalError(
-                f"cannot push to {remote.name!r}: {len(lacking)} sample(s) the pushed commits "
-                f"refer to are neither here nor on the remote (content {lacking[0].hex()[:16]}); "
-                "fetch them with repo.fetch_data() from the remote this clone came from first"
-            )
-    located.sort(key=lambda item: (item[1].backend, item[1].segment, item[1].offset))
-    return located
-
-
-def _upload_samples(
-    parts: RepositoryParts,
-    remote: Remote,
-    located: list[tuple[bytes, Location]],
-    kinds: dict[bytes, str],
-    result: PushResult,
-    progress: Transfer | None,
-) -> None:
-    """Pack and upload the samples at ``located`` (read in that order)."""
-    store = parts.store
-    pending: list[tuple[bytes, bytes]] = []
-    pending_bytes = 0
-    total = len(located)
-    total_bytes = sum(_nbytes(loc) for _, loc in located)
-    read_bytes = 0
-    for start in range(0, total, _CHUNK):
-        stretch = located[start : start + _CHUNK]
-        names = [d for d, _ in stretch]
-        payloads = cast(list[Payload], store.fetch(names, [loc for _, loc in stretch]))
-        for digest, payload in zip(names, payloads, strict=True):
-            entry = encode_sample(kinds[digest], payload)
-            pending.append((digest, entry))
-            pending_bytes += len(entry)
-            read_bytes += len(entry)
-            if pending_bytes >= PACK_BYTES:
-                remote.data.write(pending)
-                result.bytes += pending_bytes
-                pending, pending_bytes = [], 0
-        result.samples += len(stretch)
-        _note(progress, "samples", result.samples, total)
-        _note(progress, "bytes", read_bytes, max(total_bytes, read_bytes))
-    if pending:
-        remote.data.write(pending)
-        result.bytes += pending_bytes
-    _note(progress, "bytes", read_bytes, read_bytes)
-
-
-def _nbytes(loc: Location) -> int:
-    """Bytes of the sample at ``loc`` (for progress totals)."""
-    if loc.dtype == BLOB:
-        return int(loc.shape[0]) if loc.shape else 0
-    return int(np.prod(loc.shape, dtype=np.int64)) * np.dtype(loc.dtype).itemsize
 
 
 def _push_tags(
@@ -334,7 +240,8 @@ def fetch(
             walked, starts, excluding=local_heads, digests=data, on_leaf=on_leaf if data else None
         )
         if data:
-            _store_samples(parts, remote, {d: schemas[d] for d in walk.digests}, result, progress)
+            moved = download_samples(parts, remote, {d: schemas[d] for d in walk.digests}, progress)
+            result.samples, result.bytes = moved.samples, moved.bytes
         batch = WriteBatch()
         for cid in walk.commits:
             walked.commit(cid)  # checked against its id (and cached) before it is stored
@@ -349,7 +256,7 @@ def fetch(
             len(batch),
             result.bytes + batch.nbytes(),
         )
-        _note(progress, "objects", len(batch), len(batch))
+        note(progress, "objects", len(batch), len(batch))
         with parts.db.write():
             parts.objects.write(batch)
             _remember(parts, remote.name, heads)
@@ -394,92 +301,6 @@ def fetch_data(
         for digest in digests:
             if digest is not None:
                 wanted.setdefault(digest, root.schema)
-    result = FetchResult()
     with parts.writer_lock():
-        _store_samples(parts, remote, wanted, result, progress)
-    return result
-
-
-def _store_samples(
-    parts: RepositoryParts,
-    remote: Remote,
-    wanted: dict[bytes, ColumnSchema],
-    result: FetchResult,
-    progress: Transfer | None,
-) -> None:
-    """Download, check and store the samples of ``wanted`` this repository lacks.
-
-    Samples are read in the remote's pack order, a stretch of packs at a
-    time, so each stretch is one ranged request.
-    """
-    digests = sorted(wanted)
-    store = parts.writable_store()
-    try:
-        with parts.db.read() as txn:
-            todo = [digests[i] for i in store.missing(txn, digests)]
-        if not todo:
-            return
-        where = remote.data.locate(todo)
-        lacking = np.flatnonzero(~where.found())
-        if len(lacking):
-            missing = todo[int(lacking[0])]
-            raise CorruptionError(
-                f"remote {remote.name!r} at {remote.url} lacks {len(lacking)} sample(s) its "
-                f"history refers to (content {missing.hex()[:16]}); the remote is damaged: run "
-                "repo.verify_remote() and push the data again from a complete copy",
-                path=remote.transport.path(DATA_FOLDER),
-            )
-        order = where.storage_order()
-        done = 0
-        for span in _spans(where.size[order]):
-            positions = order[span]
-            chunk = [todo[int(i)] for i in positions]
-            entries = remote.data.read(where.take(positions))
-            samples = decode_many(entries, chunk, remote.transport.path(DATA_FOLDER))
-            result.bytes += sum(len(e or b"") for e in entries)
-            groups: dict[tuple[str, str | None], list[int]] = {}
-            for i, digest in enumerate(chunk):
-                schema = wanted[digest]
-                groups.setdefault((schema.backend, schema.compression), []).append(i)
-            index_entries: list[tuple[bytes, bytes]] = []
-            for (backend, compression), members in groups.items():
-                payloads = [samples[i][1] for i in members]
-                stacked = _stack(payloads)
-                index_entries += store.append(
-                    backend,
-                    compression,
-                    stacked if stacked is not None else payloads,
-                    [chunk[i] for i in members],
-                    range(len(members)),
-                )
-            with parts.db.write() as txn:
-                store.publish(txn, index_entries)
-            done += len(chunk)
-            result.samples = done
-            _note(progress, "samples", done, len(todo))
-            _note(progress, "bytes", result.bytes, int(where.size.sum()))
-        store.maintain()
-    finally:
-        store.close()
-    parts.tables.forget()
-    parts.store.forget_all()
-
-
-def _spans(sizes: np.ndarray) -> list[np.ndarray]:
-    """Consecutive stretches of entries of about ``_FETCH_BYTES`` each (at least one entry)."""
-    ends = np.cumsum(sizes)
-    cuts = np.searchsorted(ends, np.arange(_FETCH_BYTES, int(ends[-1]), _FETCH_BYTES))
-    return [s for s in np.split(np.arange(len(sizes)), np.unique(cuts)) if len(s)]
-
-
-def _stack(payloads: list[Payload]) -> np.ndarray | None:
-    """One stacked array when every payload is an array of one dtype and shape."""
-    first = payloads[0]
-    if not isinstance(first, np.ndarray):
-        return None
-    if all(
-        isinstance(p, np.ndarray) and p.dtype == first.dtype and p.shape == first.shape
-        for p in payloads
-    ):
-        return np.stack(cast(list[np.ndarray], payloads))
-    return None
+        moved = download_samples(parts, remote, wanted, progress)
+    return FetchResult(samples=moved.samples, bytes=moved.bytes)
