@@ -74,18 +74,14 @@ def _sealed(body: bytes) -> bytes:
 def encode_pack(items: Sequence[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:
     """The bytes of a pack holding ``items`` (name, data), and of its index."""
     unique = dict(items)
-    names = sorted(unique, key=entry_key)
-    offsets = np.empty(len(names), np.uint64)
-    sizes = np.empty(len(names), np.uint64)
-    parts = [PACK_MAGIC]
-    at = len(PACK_MAGIC)
-    for i, name in enumerate(names):
-        data = unique[name]
-        offsets[i], sizes[i] = at, len(data)
-        parts.append(data)
-        at += len(data)
-    pack = b"".join(parts)
-    keys = b"".join(entry_key(n) for n in names)
+    # names of one length sort as their keys do
+    one_length = len({len(n) for n in unique}) <= 1
+    names = sorted(unique) if one_length else sorted(unique, key=entry_key)
+    datas = [unique[n] for n in names]
+    sizes = np.fromiter(map(len, datas), np.int64, len(datas))
+    offsets = len(PACK_MAGIC) + np.cumsum(sizes) - sizes
+    pack = b"".join([PACK_MAGIC, *datas])
+    keys = b"".join([entry_key(n) for n in names])
     body = _IDX_HEAD.pack(IDX_MAGIC, len(names), len(pack)) + keys
     body += offsets.astype("<u8").tobytes() + sizes.astype("<u8").tobytes()
     return pack, _sealed(body)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +21,14 @@ from ..errors import CorruptionError
 from ..hashing import array_digest_prefix, blob_digest
 from ..storage.base import Payload
 
-__all__ = ["DATA_FOLDER", "decode_many", "decode_sample", "encode_rows", "encode_sample"]
+__all__ = [
+    "DATA_FOLDER",
+    "Decoded",
+    "decode_batch",
+    "decode_sample",
+    "encode_rows",
+    "encode_sample",
+]
 
 DATA_FOLDER = "data"
 _KINDS = ("ndarray", "str", "bytes")
@@ -79,25 +88,73 @@ def decode_sample(entry: bytes, digest: bytes, where: str) -> tuple[str, Payload
         kind = ""
         payload = b""
     if not ok:
-        raise CorruptionError(
-            f"sample {digest.hex()[:16]} in {where} does not hash to its digest; the remote is "
-            "damaged: run `repo.verify_remote()` and push the data again from a complete copy",
-            path=where,
-        )
+        raise _mismatch(digest, where)
     return kind, payload
 
 
-def decode_many(
-    entries: Sequence[bytes | None], digests: Sequence[bytes], where: str
-) -> list[tuple[str, Payload]]:
-    """:func:`decode_sample` of each entry; a missing one raises CorruptionError."""
-    out = []
-    for entry, digest in zip(entries, digests, strict=True):
+def _mismatch(digest: bytes, where: str) -> CorruptionError:
+    return CorruptionError(
+        f"sample {digest.hex()[:16]} in {where} does not hash to its digest; the remote is "
+        "damaged: run `repo.verify_remote()` and push the data again from a complete copy",
+        path=where,
+    )
+
+
+@dataclass
+class Decoded:
+    """Checked samples of one batch: arrays stacked by dtype and shape, the rest one by one.
+
+    Attributes
+    ----------
+    stacked:
+        ``(positions in the batch, stacked array)`` per dtype and shape.
+    single:
+        ``(position, kind, payload)`` of every other sample.
+    """
+
+    stacked: list[tuple[list[int], np.ndarray]] = field(default_factory=list)
+    single: list[tuple[int, str, Payload]] = field(default_factory=list)
+
+
+def decode_batch(entries: Sequence[bytes | None], digests: Sequence[bytes], where: str) -> Decoded:
+    """Check each entry against its digest (CorruptionError naming ``where`` if one fails or
+    is missing) and decode them, arrays of one dtype and shape into one stacked array."""
+    heads: dict[bytes, tuple[np.dtype, tuple[int, ...], Any, int]] = {}
+    bodies: dict[bytes, tuple[list[int], list[memoryview]]] = {}
+    out = Decoded()
+    for i, (entry, digest) in enumerate(zip(entries, digests, strict=True)):
         if entry is None:
             raise CorruptionError(
                 f"sample {digest.hex()[:16]} is missing from {where}, though history refers "
                 "to it; push the data again from a complete copy",
                 path=where,
             )
-        out.append(decode_sample(entry, digest, where))
+        if not entry or entry[0] != 0:
+            out.single.append((i, *decode_sample(entry, digest, where)))
+            continue
+        try:
+            n = entry[1]
+            size = 3 + n + 8 * entry[2 + n]
+        except IndexError:
+            size = len(entry) + 1
+        head = entry[:size]
+        info = heads.get(head)
+        if info is None:
+            _, payload = decode_sample(entry, digest, where)  # checks it, or raises
+            arr = np.asarray(payload)
+            h = _prefix(arr.dtype.str, arr.shape)
+            info = heads[head] = (arr.dtype, arr.shape, h, arr.nbytes)
+        dtype, shape, prefix, nbytes = info
+        body = memoryview(entry)[size:]
+        h = prefix.copy()
+        h.update(body)
+        if len(body) != nbytes or h.digest() != digest:
+            raise _mismatch(digest, where)
+        positions, views = bodies.setdefault(head, ([], []))
+        positions.append(i)
+        views.append(body)
+    for head, (positions, views) in bodies.items():
+        dtype, shape, _, _ = heads[head]
+        stacked = np.frombuffer(b"".join(views), dtype).reshape((len(positions), *shape))
+        out.stacked.append((positions, stacked))
     return out

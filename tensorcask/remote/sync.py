@@ -128,8 +128,9 @@ def push(
     kinds: dict[bytes, str] = {}
 
     def on_leaf(column: str, schema: ColumnSchema, page: Node) -> None:
-        for digest in page.values():
-            kinds.setdefault(digest, schema.kind)
+        if schema.kind != "ndarray":  # arrays say what they are; str and bytes do not
+            for digest in page.values():
+                kinds.setdefault(digest, schema.kind)
 
     walk = reachable(history, [head], excluding=have, on_leaf=on_leaf)
     located = locate_local(parts, remote, list(walk.digests))

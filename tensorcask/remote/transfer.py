@@ -23,12 +23,13 @@ import numpy as np
 from ..errors import CorruptionError, DataNotLocalError
 from ..history.objects import ColumnSchema
 from ..parts import RepositoryParts
-from ..storage.base import BLOB, Location, Payload
+from ..storage.base import BLOB, LocationGroup, Payload, TableRows, group_locations
 from .remote import Remote
-from .samples import DATA_FOLDER, decode_many, encode_rows, encode_sample
+from .samples import DATA_FOLDER, decode_batch, encode_rows, encode_sample
 
 __all__ = [
     "PACK_BYTES",
+    "LocalRun",
     "Moved",
     "Transfer",
     "download_samples",
@@ -67,16 +68,39 @@ def note(progress: Transfer | None, what: str, done: int, total: int) -> None:
 # -- upload ----------------------------------------------------------------
 
 
-def locate_local(
-    parts: RepositoryParts, remote: Remote, digests: list[bytes]
-) -> list[tuple[bytes, Location]]:
-    """Where each sample to push is stored here, in storage order.
+@dataclass(frozen=True)
+class LocalRun:
+    """Samples to upload that are stored alike (one backend, dtype and shape), in storage order.
+
+    Attributes
+    ----------
+    digests:
+        Their content digests.
+    group:
+        Their locations, as arrays in the same order.
+    """
+
+    digests: list[bytes]
+    group: LocationGroup
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the samples (for progress totals)."""
+        g = self.group
+        if g.dtype == BLOB:
+            return int(g.shape[0]) * len(self.digests) if g.shape else 0
+        return math.prod(g.shape) * _itemsize(g.dtype) * len(self.digests)
+
+
+def locate_local(parts: RepositoryParts, remote: Remote, digests: list[bytes]) -> list[LocalRun]:
+    """Where the samples to push are stored here: runs of alike samples, in storage order.
 
     The walk already left out what the remote's refs reach, so the remote's
     data indexes are not consulted, except for samples a partial clone lacks
     (DataNotLocalError when the remote lacks them too).
     """
-    located: list[tuple[bytes, Location]] = []
+    present: list[bytes] = []
+    raws: list[bytes] = []
     absent: list[bytes] = []
     for start in range(0, len(digests), _LOOKUP_BATCH):
         batch = digests[start : start + _LOOKUP_BATCH]
@@ -86,7 +110,8 @@ def locate_local(
             elif isinstance(raw, CorruptionError):
                 raise raw
             else:
-                located.append((digest, Location.from_bytes(raw)))
+                present.append(digest)
+                raws.append(raw)
     if absent:
         lacking = [d for d, h in zip(absent, remote.data.has_many(absent), strict=True) if not h]
         if lacking:
@@ -95,49 +120,59 @@ def locate_local(
                 f"refer to are neither here nor on the remote (content {lacking[0].hex()[:16]}); "
                 "fetch them with repo.fetch_data() from the remote this clone came from first"
             )
-    if not located:
-        return located
-    backends = {name: i for i, name in enumerate(sorted({loc.backend for _, loc in located}))}
-    order = np.lexsort(
-        (
-            np.fromiter((loc.offset for _, loc in located), np.int64, len(located)),
-            np.fromiter((loc.segment for _, loc in located), np.int64, len(located)),
-            np.fromiter((backends[loc.backend] for _, loc in located), np.int64, len(located)),
+    runs = []
+    for g in group_locations(raws):
+        order = np.lexsort((g.offsets, g.segments))
+        ordered = LocationGroup(
+            g.backend,
+            g.dtype,
+            g.shape,
+            g.members[order],
+            g.segments[order],
+            g.offsets[order],
+            g.checksums[order],
         )
-    )
-    return [located[i] for i in order.tolist()]
+        runs.append(LocalRun([present[i] for i in ordered.members.tolist()], ordered))
+    runs.sort(key=lambda r: (r.group.backend, int(r.group.segments[0]), int(r.group.offsets[0])))
+    return runs
 
 
 def upload_samples(
     parts: RepositoryParts,
     remote: Remote,
-    located: list[tuple[bytes, Location]],
+    runs: list[LocalRun],
     kinds: dict[bytes, str],
     progress: Transfer | None,
 ) -> Moved:
-    """Pack and upload the samples at ``located`` (read in that order)."""
+    """Pack and upload the samples of ``runs``, read a batch at a time.
+
+    Each pack is uploaded from a background thread while the next is read
+    and encoded.
+    """
     moved = Moved()
-    total = len(located)
-    total_bytes = sum(_nbytes(loc) for _, loc in located)
+    total = sum(len(r.digests) for r in runs)
+    total_bytes = sum(r.nbytes for r in runs)
     read_bytes = 0
     pending: list[tuple[bytes, bytes]] = []
     pending_bytes = 0
     with ThreadPoolExecutor(1, thread_name_prefix="tensorcask-upload") as uploader:
         inflight: Future[str | None] | None = None
-        for batch in _batches(located):
-            for digest, entry in _encoded(parts, batch, kinds):
-                pending.append((digest, entry))
-                pending_bytes += len(entry)
-            read_bytes += sum(_nbytes(loc) for _, loc in batch)
-            moved.samples += len(batch)
-            if pending_bytes >= PACK_BYTES:
-                if inflight is not None:
-                    inflight.result()
-                inflight = uploader.submit(remote.data.write, pending)
-                moved.bytes += pending_bytes
-                pending, pending_bytes = [], 0
-            note(progress, "samples", moved.samples, total)
-            note(progress, "bytes", read_bytes, max(total_bytes, read_bytes))
+        for run in runs:
+            for start in range(0, len(run.digests), READ_BATCH):
+                end = min(start + READ_BATCH, len(run.digests))
+                for digest, entry in _encoded(parts, run, start, end, kinds):
+                    pending.append((digest, entry))
+                    pending_bytes += len(entry)
+                moved.samples += end - start
+                read_bytes += run.nbytes * (end - start) // max(len(run.digests), 1)
+                if pending_bytes >= PACK_BYTES:
+                    if inflight is not None:
+                        inflight.result()
+                    inflight = uploader.submit(remote.data.write, pending)
+                    moved.bytes += pending_bytes
+                    pending, pending_bytes = [], 0
+                note(progress, "samples", moved.samples, total)
+                note(progress, "bytes", read_bytes, max(total_bytes, read_bytes))
         if inflight is not None:
             inflight.result()
     if pending:
@@ -146,32 +181,20 @@ def upload_samples(
     return moved
 
 
-def _batches(located: list[tuple[bytes, Location]]) -> list[list[tuple[bytes, Location]]]:
-    """Runs of up to READ_BATCH samples of one backend, dtype and shape."""
-    out: list[list[tuple[bytes, Location]]] = []
-    for item in located:
-        loc = item[1]
-        if out:
-            last = out[-1]
-            first = last[0][1]
-            if (
-                len(last) < READ_BATCH
-                and first.backend == loc.backend
-                and first.dtype == loc.dtype
-                and (first.shape == loc.shape or loc.dtype == BLOB)
-            ):
-                last.append(item)
-                continue
-        out.append([item])
-    return out
-
-
 def _encoded(
-    parts: RepositoryParts, batch: list[tuple[bytes, Location]], kinds: dict[bytes, str]
+    parts: RepositoryParts, run: LocalRun, start: int, end: int, kinds: dict[bytes, str]
 ) -> list[tuple[bytes, bytes]]:
-    names = [d for d, _ in batch]
-    locs = [loc for _, loc in batch]
-    if locs[0].dtype != BLOB and len(locs) > 1:
+    """The pack entries of samples ``start:end`` of ``run``, read through the one read path."""
+    g = run.group
+    names = run.digests[start:end]
+    if g.dtype != BLOB and g.backend == "memmap":
+        rows = TableRows(
+            g.segments[start:end], g.offsets[start:end], g.checksums[start:end], g.dtype, g.shape
+        )
+        stacked = cast(np.ndarray, parts.store.fetch(names, rows))
+        return list(zip(names, encode_rows(stacked), strict=True))
+    locs = [g.location(i) for i in range(start, end)]
+    if g.dtype != BLOB:
         stacked = cast(np.ndarray, parts.store.fetch(names, locs, stack=True))
         return list(zip(names, encode_rows(stacked), strict=True))
     payloads = cast(list[Payload], parts.store.fetch(names, locs))
@@ -181,13 +204,6 @@ def _encoded(
 @lru_cache(maxsize=256)
 def _itemsize(dtype: str) -> int:
     return np.dtype(dtype).itemsize
-
-
-def _nbytes(loc: Location) -> int:
-    """Bytes of the sample at ``loc`` (for progress totals)."""
-    if loc.dtype == BLOB:
-        return int(loc.shape[0]) if loc.shape else 0
-    return math.prod(loc.shape) * _itemsize(loc.dtype)
 
 
 # -- download --------------------------------------------------------------
@@ -227,22 +243,29 @@ def download_samples(
             positions = order[span]
             chunk = [todo[int(i)] for i in positions]
             entries = remote.data.read(where.take(positions))
-            samples = decode_many(entries, chunk, remote.transport.path(DATA_FOLDER))
+            decoded = decode_batch(entries, chunk, remote.transport.path(DATA_FOLDER))
             moved.bytes += sum(len(e or b"") for e in entries)
-            groups: dict[tuple[str, str | None], list[int]] = {}
-            for i, digest in enumerate(chunk):
-                schema = wanted[digest]
-                groups.setdefault((schema.backend, schema.compression), []).append(i)
             index_entries: list[tuple[bytes, bytes]] = []
-            for (backend, compression), members in groups.items():
-                payloads = [samples[i][1] for i in members]
-                stacked = _stack(payloads)
+            for positions, stacked in decoded.stacked:
+                for (backend, compression), members in _by_storage(positions, chunk, wanted):
+                    rows = stacked if len(members) == len(positions) else stacked[members]
+                    names = [chunk[positions[m]] for m in members]
+                    index_entries += store.append(
+                        backend, compression, rows, names, range(len(names))
+                    )
+            singles: dict[tuple[str, str | None], list[tuple[bytes, Payload]]] = {}
+            for position, _, payload in decoded.single:
+                schema = wanted[chunk[position]]
+                singles.setdefault((schema.backend, schema.compression), []).append(
+                    (chunk[position], payload)
+                )
+            for (backend, compression), items in singles.items():
                 index_entries += store.append(
                     backend,
                     compression,
-                    stacked if stacked is not None else payloads,
-                    [chunk[i] for i in members],
-                    range(len(members)),
+                    [p for _, p in items],
+                    [d for d, _ in items],
+                    range(len(items)),
                 )
             with parts.db.write() as txn:
                 store.publish(txn, index_entries)
@@ -264,14 +287,12 @@ def _spans(sizes: np.ndarray) -> list[np.ndarray]:
     return [s for s in np.split(np.arange(len(sizes)), np.unique(cuts)) if len(s)]
 
 
-def _stack(payloads: list[Payload]) -> np.ndarray | None:
-    """One stacked array when every payload is an array of one dtype and shape."""
-    first = payloads[0]
-    if not isinstance(first, np.ndarray):
-        return None
-    if all(
-        isinstance(p, np.ndarray) and p.dtype == first.dtype and p.shape == first.shape
-        for p in payloads
-    ):
-        return np.stack(cast(list[np.ndarray], payloads))
-    return None
+def _by_storage(
+    positions: list[int], chunk: list[bytes], wanted: dict[bytes, ColumnSchema]
+) -> list[tuple[tuple[str, str | None], list[int]]]:
+    """Members (indexes into ``positions``) by the backend and compression of their column."""
+    groups: dict[tuple[str, str | None], list[int]] = {}
+    for m, position in enumerate(positions):
+        schema = wanted[chunk[position]]
+        groups.setdefault((schema.backend, schema.compression), []).append(m)
+    return list(groups.items())

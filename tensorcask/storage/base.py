@@ -31,7 +31,15 @@ import xxhash
 
 from tensorcask.errors import CorruptionError
 
-__all__ = ["BLOB", "Backend", "Location", "Payload", "TableRows"]
+__all__ = [
+    "BLOB",
+    "Backend",
+    "Location",
+    "LocationGroup",
+    "Payload",
+    "TableRows",
+    "group_locations",
+]
 
 Payload = np.ndarray | bytes
 """What a backend stores: an ndarray, or a byte string (``dtype == BLOB``)."""
@@ -101,6 +109,75 @@ class TableRows:
     checksums: np.ndarray
     dtype: str
     shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LocationGroup:
+    """Encoded locations that share a backend, dtype and shape, decoded as arrays.
+
+    Attributes
+    ----------
+    backend, dtype, shape:
+        What the group shares.
+    members:
+        Positions of the group's locations in the input of :func:`group_locations`.
+    segments, offsets, checksums:
+        Per member, as in :class:`Location`.
+    """
+
+    backend: str
+    dtype: str
+    shape: tuple[int, ...]
+    members: np.ndarray
+    segments: np.ndarray
+    offsets: np.ndarray
+    checksums: np.ndarray
+
+    def location(self, i: int) -> Location:
+        """The :class:`Location` of member ``i`` (a position in this group)."""
+        return Location(
+            self.backend,
+            int(self.segments[i]),
+            int(self.offsets[i]),
+            self.dtype,
+            self.shape,
+            int(self.checksums[i]),
+        )
+
+
+_HEAD_ARRAY = np.dtype(
+    [("version", "u1"), ("segment", "<u4"), ("offset", "<u8"), ("checksum", "<u8"), ("ndim", "u1")]
+)
+
+
+def group_locations(raws: Sequence[bytes]) -> list[LocationGroup]:
+    """Decode many encoded locations (:meth:`Location.to_bytes`) at once, grouped alike.
+
+    Locations of equal-shape samples differ only in their head, so each
+    group's heads decode as one array instead of one object per sample.
+    """
+    by_tail: dict[bytes, list[int]] = {}
+    size = _HEAD.size
+    for i, raw in enumerate(raws):
+        by_tail.setdefault(bytes(raw[size:]), []).append(i)
+    out = []
+    for tail, members in by_tail.items():
+        heads = np.frombuffer(b"".join(raws[i][:size] for i in members), _HEAD_ARRAY)
+        if np.any(heads["version"] != 1):
+            raise ValueError("unknown location encoding version")
+        shape, backend, dtype = _untail(tail, int(heads["ndim"][0]))
+        out.append(
+            LocationGroup(
+                backend,
+                dtype,
+                shape,
+                np.asarray(members, np.int64),
+                heads["segment"].astype(np.int64),
+                heads["offset"].astype(np.int64),
+                heads["checksum"].astype(np.uint64),
+            )
+        )
+    return out
 
 
 @lru_cache(maxsize=4096)
