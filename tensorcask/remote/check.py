@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,11 +60,31 @@ def verify_remote(
     _check_packs(remote.objects.packs, report, _check_object, progress)
     _check_packs(remote.data, report, _check_sample, progress)
     try:
-        refs = remote.refs.listing()
+        refs, damaged = remote.refs.scan()
     except _PROBLEMS as exc:
         report.add(f"refs: {exc}")
-        refs = {}
-    report.refs = len(refs)
+        refs, damaged = {}, {}
+    for problem in damaged.values():
+        report.add(str(problem))
+    report.refs = len(refs) + len(damaged)
+    try:
+        missing = _closure(remote, refs, report)
+    except _PROBLEMS as exc:  # a damaged index: reported above, and here what it hides
+        report.add(f"cannot check what the refs reach: {exc}")
+        missing = []
+    for digest in missing[:20]:
+        report.add(
+            f"sample {digest.hex()[:16]} is referred to by history but missing from the remote"
+        )
+    if len(missing) > 20:
+        report.add(f"... and {len(missing) - 20} more missing samples")
+    if raise_on_error and not report.ok:
+        raise CorruptionError(str(report), path=remote.url)
+    return report
+
+
+def _closure(remote: Remote, refs: Mapping[str, str], report: RemoteVerifyReport) -> list[bytes]:
+    """Walk from every ref, reporting what is damaged or missing; the missing samples."""
     starts = []
     for name, commit in sorted(refs.items()):
         if remote.objects.has(bytes.fromhex(commit)):
@@ -77,16 +97,7 @@ def verify_remote(
         on_damage=lambda where, exc: report.add(f"{where}: {exc}"),
     )
     digests = sorted(walk.digests)
-    missing = [d for d, h in zip(digests, remote.data.has_many(digests), strict=True) if not h]
-    for digest in missing[:20]:
-        report.add(
-            f"sample {digest.hex()[:16]} is referred to by history but missing from the remote"
-        )
-    if len(missing) > 20:
-        report.add(f"... and {len(missing) - 20} more missing samples")
-    if raise_on_error and not report.ok:
-        raise CorruptionError(str(report), path=remote.url)
-    return report
+    return [d for d, h in zip(digests, remote.data.has_many(digests), strict=True) if not h]
 
 
 def _check_object(name: bytes, data: bytes) -> bool:

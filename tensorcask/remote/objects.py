@@ -8,6 +8,7 @@ checks each against its name before decoding it, as it does locally.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -60,11 +61,9 @@ class RemoteObjectStore(ObjectStore):
                 self.packs.refresh()
             with self._lock:
                 skip = set(self._commit_units)
-            try:
-                found = self.packs.entries_of_length(COMMIT_NAME_BYTES, skip=skip)
-            except FileNotFoundError:  # a pack rewritten away since it was indexed
-                self.packs.refresh()
-                found = self.packs.entries_of_length(COMMIT_NAME_BYTES, skip=skip)
+            found = self.packs.retrying(
+                functools.partial(self.packs.entries_of_length, COMMIT_NAME_BYTES, skip=skip)
+            )
             with self._lock:
                 for unit, entries in found.items():
                     self._commits.update(entries)

@@ -18,11 +18,13 @@ consolidating never uploads sample bytes again.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
+from typing import TypeVar
 
 import numpy as np
 
+from ..errors import RemoteError
 from .packs import (
     KEY_BYTES,
     Located,
@@ -42,6 +44,8 @@ _WHOLE_PACK = 8 << 20  # smaller packs are read whole and kept in memory
 _WHOLE_CACHE = 256 << 20  # bytes of whole packs kept, at most
 _REWRITE_LIMIT = 8 << 20  # history packs are rewritten only up to this many bytes at once
 _UNITS = (".idx", ".midx")
+_RETRIES = 8
+T = TypeVar("T")
 
 
 def _is_unit(name: str) -> bool:
@@ -146,11 +150,20 @@ class PackSet:
 
     def get_many(self, names: Sequence[bytes]) -> list[bytes | None]:
         """The stored bytes of each entry (None where absent), in order."""
-        try:
-            return self.read(self.locate(names))
-        except FileNotFoundError:  # a pack rewritten away since it was indexed
-            self.refresh()
-            return self.read(self.locate(names))
+        return self.retrying(lambda: self.read(self.locate(names)))
+
+    def retrying(self, read: Callable[[], T]) -> T:
+        """``read()``, listing again and retrying while packs it found are rewritten away
+        (other clients consolidating); RemoteError if that goes on."""
+        for _ in range(_RETRIES):
+            try:
+                return read()
+            except FileNotFoundError:
+                self.refresh()
+        raise RemoteError(
+            f"the packs under {self.path('')} keep changing while they are read (other "
+            "clients consolidating them); retry"
+        )
 
     def has_many(self, names: Sequence[bytes]) -> list[bool]:
         """Whether each name is in some pack."""
@@ -266,20 +279,31 @@ class PackSet:
 
     def _replace(self, units: list[PackIndex], drop: AbstractSet[bytes] = frozenset()) -> None:
         """Write the entries of ``units`` (less ``drop``) as one pack, then remove the units
-        and their packs."""
+        and their packs.
+
+        Nothing is removed that the new pack is (a merge of entries one pack
+        already holds has that pack's bytes and name), nor a pack that another
+        index still names.
+        """
         keep: dict[bytes, bytes] = {}
         for index in units:
             where = Located(list(index.packs), index.entry_pack, index.offsets, index.sizes)
             for name, data in zip(index.names(), self.read(where), strict=True):
                 if entry_key(name) not in drop and data is not None:
                     keep[name] = data
-        self.write(list(keep.items()))
+        new = self.write(list(keep.items()))
+        self.refresh()
+        chosen = {index.unit for index in units}
+        named = {p for index in self.indexes() if index.unit not in chosen for p, _ in index.packs}
         for index in units:
-            self.transport.remove([self.path(index.unit)])
-            self.transport.remove([self.path(p, ".pack") for p, _ in index.packs])
+            if index.unit != f"{new}.idx":
+                self.transport.remove([self.path(index.unit)])
+            doomed = [p for p, _ in index.packs if p != new and p not in named]
+            self.transport.remove([self.path(p, ".pack") for p in doomed])
             with self._lock:
-                self._units.pop(index.unit, None)
-                for p, _ in index.packs:
+                if index.unit != f"{new}.idx":
+                    self._units.pop(index.unit, None)
+                for p in doomed:
                     self._whole.pop(p, None)
 
     def consolidate(self, *, rewrite: bool) -> int:
@@ -308,11 +332,13 @@ class PackSet:
         decoded = decode_index(unit, data, self.path(unit))
         with self._lock:
             self._units[unit] = decoded
-        self.transport.remove([self.path(index.unit) for index in units])
+        # The merge of indexes that add nothing to one of them is that one, by name: keep it.
+        merged = [index.unit for index in units if index.unit != unit]
+        self.transport.remove([self.path(u) for u in merged])
         with self._lock:
-            for index in units:
-                self._units.pop(index.unit, None)
-        return len(units)
+            for u in merged:
+                self._units.pop(u, None)
+        return len(merged)
 
     def _load(self, units: list[str]) -> list[PackIndex]:
         """The indexes named ``units`` (from memory, else read)."""

@@ -107,6 +107,14 @@ class RemoteRefs(RefsContainer):
         raise RemoteError(f"ref {name!r} at {self.location} keeps changing; retry the deletion")
 
     def listing(self, prefix: str = "") -> dict[str, CommitId]:
+        values, damaged = self.scan(prefix)
+        if damaged:
+            raise next(iter(damaged.values()))
+        return values
+
+    def scan(self, prefix: str = "") -> tuple[dict[str, CommitId], dict[str, CorruptionError]]:
+        """Like :meth:`listing`, with damaged refs reported apart instead of raised:
+        ``(values, {full name: error})``."""
         newest: dict[str, int] = {}
         for relative in self.transport.find(REFS_FOLDER):
             folder, _, version = relative.rpartition("/")
@@ -121,8 +129,28 @@ class RemoteRefs(RefsContainer):
             self.transport.path(f"{self._folder(n)}/{_version_name(newest[n])}") for n in names
         ]
         out: dict[str, CommitId] = {}
+        damaged: dict[str, CorruptionError] = {}
         for name, path, data in zip(names, paths, self.transport.cat_many(paths), strict=True):
-            value = self._decode(data, path)
+            try:
+                value = self._decode(data, path)
+            except CorruptionError as exc:
+                damaged[name] = exc
+                continue
             if value is not None:
                 out[name[len(prefix) :]] = value
-        return out
+        return out, damaged
+
+    def overwrite(self, name: str, new: str) -> bool:
+        """Make ``new`` the value of ``name`` whatever it holds now, even a damaged version
+        (a forced push repairs a ref this way); False if another client moved it meanwhile."""
+        value = self.commit_value(new, "new")
+        assert value is not None
+        numbers = [
+            n
+            for n in map(_version_number, self.transport.list_names(self._folder(name)))
+            if n is not None
+        ]
+        path = self.transport.path(
+            f"{self._folder(name)}/{_version_name(max(numbers, default=0) + 1)}"
+        )
+        return self.transport.create(path, value.encode() + b"\n")

@@ -16,14 +16,15 @@ and the refs.
 
 from __future__ import annotations
 
-import contextlib
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ..errors import (
+    CaskError,
     ConcurrentUpdateError,
+    CorruptionError,
     RefNotFoundError,
-    RemoteError,
 )
 from ..history.objects import ColumnSchema, CommitId
 from ..history.objectstore import WriteBatch
@@ -102,7 +103,9 @@ def push(
         known = ", ".join(sorted(parts.refs.listing(HEADS))) or "none yet: make a first commit"
         raise RefNotFoundError(f"no branch named {branch!r} to push (branches: {known})")
     remote.check_format(create=False)  # refuses a remote of a newer format
-    theirs_all = remote.refs.listing()
+    theirs_all, damaged = remote.refs.scan()
+    if HEADS + branch in damaged and not force:
+        raise damaged[HEADS + branch]
     theirs = theirs_all.get(HEADS + branch)
     result = PushResult(branch, head)
     history = parts.history
@@ -152,9 +155,12 @@ def push(
     result.commits, result.objects = len(walk.commits), len(batch)
     note(progress, "objects", len(batch), len(batch))
     result.tags = _push_tags(parts, remote, head, theirs_all)
-    if theirs != head:
-        old = remote.refs.get(HEADS + branch) if force else theirs
-        if not remote.refs.set_if_equals(HEADS + branch, old, head):
+    if theirs != head or HEADS + branch in damaged:
+        if force:  # whatever it holds now, even a damaged version
+            swapped = remote.refs.overwrite(HEADS + branch, head)
+        else:
+            swapped = remote.refs.set_if_equals(HEADS + branch, theirs, head)
+        if not swapped:
             raise ConcurrentUpdateError(
                 f"remote {remote.name!r}: branch {branch!r} moved while pushing (another client "
                 f"pushed first); {_catch_up(remote.name, branch)}"
@@ -162,9 +168,16 @@ def push(
     _remember(parts, remote.name, {branch: head})
     # Keep the indexes (and history packs) a reader must load logarithmic in the number
     # of pushes. The push is complete already: a failure here only leaves more files.
-    with contextlib.suppress(RemoteError, FileNotFoundError):
+    try:
         remote.objects.packs.consolidate(rewrite=True)
         remote.data.consolidate(rewrite=False)
+    except (CaskError, OSError) as exc:
+        warnings.warn(
+            f"pushed {branch!r} to {remote.name!r}, but could not consolidate its indexes "
+            f"({exc}); the remote is complete, and the next push tries again",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     return result
 
 
@@ -228,9 +241,19 @@ def fetch(
         layered = LayeredObjects(parts.objects, remote.objects)
         walked = History(layered, remote.refs)
         local_heads = set(parts.refs.listing().values())
-        starts = [
+        starts = sorted(
             c for c in {*heads.values(), *tags.values()} if not parts.objects.has(bytes.fromhex(c))
-        ]
+        )
+        present = remote.objects.has_many([bytes.fromhex(c) for c in starts])
+        for commit, there in zip(starts, present, strict=True):
+            if not there:
+                pointing = sorted(n for n, c in listing.items() if c == commit)
+                raise CorruptionError(
+                    f"remote {remote.name!r} at {remote.url}: ref {pointing[0]!r} points at commit "
+                    f"{commit[:12]}, which the remote lacks; the remote is damaged: push the "
+                    "branch again with force=True from a complete copy",
+                    path=remote.refs.location,
+                )
         schemas: dict[bytes, ColumnSchema] = {}
 
         def on_leaf(column: str, schema: ColumnSchema, page: Node) -> None:
