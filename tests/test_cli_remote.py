@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from test_cli import assert_one_error_line, run_cli
 
 import tensorcask as tc
-from tensorcask.cli import main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (28, 28)
@@ -30,20 +30,6 @@ def _images(start: int, count: int) -> np.ndarray:
     return np.stack(
         [((base * (i + 1) + i) % 251).astype(np.uint8) for i in range(start, start + count)]
     )
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_one_error_line(err: str) -> str:
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("tensorcask: error: ")
-    assert "Traceback" not in err
-    return lines[0]
 
 
 def _commit(path: Path, start: int, count: int, message: str) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 
 import tensorcask as tc
 from tensorcask.layout import FORMAT_FILE
+from tensorcask.report import format_bytes
 
 __all__ = [
     "PROG",
@@ -28,7 +29,6 @@ __all__ = [
     "add_command",
     "base_dir",
     "common_options",
-    "human_bytes",
     "non_negative",
     "one_line",
     "open_repo",
@@ -67,16 +67,6 @@ def print_error(message: str) -> None:
     print(f"{PROG}: error: {one_line(message)}", file=sys.stderr)
 
 
-def human_bytes(count: int) -> str:
-    """``count`` bytes for people: ``"512 B"``, ``"1.5 KiB"``, ``"3.2 GiB"``."""
-    size = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{count} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
 class ProgressLine:
     """One line on stderr, rewritten in place: ``phase: 1,234`` or, given a total,
     ``phase: [######------] 1,234/5,678`` (sizes in bytes with ``in_bytes``)."""
@@ -89,7 +79,7 @@ class ProgressLine:
     def __call__(
         self, phase: str, done: int, total: int | None = None, *, in_bytes: bool = False
     ) -> None:
-        size = human_bytes if in_bytes else "{:,}".format
+        size = format_bytes if in_bytes else "{:,}".format
         if total is None:
             text = f"{phase}: {size(done)}"
         elif total <= 0:

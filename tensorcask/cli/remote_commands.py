@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import tensorcask as tc
+from tensorcask.report import format_bytes
 
 from ._common import (
     PROG,
@@ -25,7 +26,6 @@ from ._common import (
     ProgressLine,
     add_command,
     base_dir,
-    human_bytes,
     open_repo,
     out,
     print_json,
@@ -113,7 +113,7 @@ def _count(n: int, noun: str, plural: str | None = None) -> str:
 def _amounts(result: tc.PushResult | tc.FetchResult, verb: str) -> str:
     return (
         f"{_count(result.commits, 'commit')}, {_count(result.objects, 'history object')}, "
-        f"{_count(result.samples, 'sample')}, {human_bytes(result.bytes)} {verb}"
+        f"{_count(result.samples, 'sample')}, {format_bytes(result.bytes)} {verb}"
     )
 
 
@@ -222,7 +222,7 @@ def _fetch_data(args: argparse.Namespace) -> int:
     elif not args.quiet:
         out(
             f"fetched data of {args.data} from {args.remote}: "
-            f"{_count(result.samples, 'sample')}, {human_bytes(result.bytes)} downloaded"
+            f"{_count(result.samples, 'sample')}, {format_bytes(result.bytes)} downloaded"
         )
     return 0
 
