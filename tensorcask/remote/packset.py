@@ -91,10 +91,11 @@ class PackSet:
     def refresh(self) -> None:
         """List the folder: load the indexes not seen yet, forget those no longer there."""
         for attempt in range(3):
-            listed = [n for n in self.transport.list_files(self.folder) if _is_unit(n)]
+            files = self.transport.list_files(self.folder)
+            listed = [n for n in files if _is_unit(n)]
             new = [n for n in listed if n not in self._units]
             try:
-                raw = self.transport.cat_many([self.path(n) for n in new])
+                raw = self.transport.cat_many([self.path(n) for n in new], [files[n] for n in new])
             except FileNotFoundError:  # consolidated away since the listing
                 if attempt == 2:
                     raise
@@ -200,7 +201,10 @@ class PackSet:
                     ends.append(int(last[span[-1]]))
                     spans.append(members[span])
         if whole:
-            got = self.transport.cat_many([self.path(p, ".pack") for p in whole])
+            sizes = dict(where.packs)
+            got = self.transport.cat_many(
+                [self.path(p, ".pack") for p in whole], [sizes[p] for p in whole]
+            )
             with self._lock:
                 if sum(map(len, self._whole.values())) > _WHOLE_CACHE:
                     self._whole.clear()
@@ -321,7 +325,7 @@ class PackSet:
         if len(chosen) < 2:
             return 0
         try:
-            units = self._load(chosen)
+            units = self._load(chosen, sizes)
         except FileNotFoundError:  # another client consolidated them first
             return 0
         if rewrite and sum(size for index in units for _, size in index.packs) <= _REWRITE_LIMIT:
@@ -340,12 +344,12 @@ class PackSet:
                 self._units.pop(u, None)
         return len(merged)
 
-    def _load(self, units: list[str]) -> list[PackIndex]:
-        """The indexes named ``units`` (from memory, else read)."""
+    def _load(self, units: list[str], sizes: dict[str, int]) -> list[PackIndex]:
+        """The indexes named ``units`` (from memory, else read; ``sizes`` from a listing)."""
         with self._lock:
             known = {n: self._units[n] for n in units if n in self._units}
         todo = [n for n in units if n not in known]
-        raw = self.transport.cat_many([self.path(n) for n in todo])
+        raw = self.transport.cat_many([self.path(n) for n in todo], [sizes[n] for n in todo])
         known.update({n: decode_index(n, d, self.path(n)) for n, d in zip(todo, raw, strict=True)})
         return [known[n] for n in units]
 

@@ -68,15 +68,16 @@ class RemoteRefs(RefsContainer):
         """The newest version number of ``name`` (0: none) and its value."""
         folder = self._folder(name)
         for _ in range(_RETRIES):
-            numbers = [
-                n for n in map(_version_number, self.transport.list_names(folder)) if n is not None
-            ]
+            listed = self.transport.list_files(folder)
+            numbers = {_version_number(n): size for n, size in listed.items()}
+            numbers.pop(None, None)
             if not numbers:
                 return 0, None
-            newest = max(numbers)
+            newest = max(n for n in numbers if n is not None)
             path = self.transport.path(f"{folder}/{_version_name(newest)}")
             try:
-                return newest, self._decode(self.transport.cat(path), path)
+                data = self.transport.cat_many([path], [numbers[newest]])[0]
+                return newest, self._decode(data, path)
             except FileNotFoundError:  # removed by hand between listing and reading
                 continue
         raise RemoteError(f"ref {name!r} at {self.location} keeps changing; retry")
@@ -116,8 +117,9 @@ class RemoteRefs(RefsContainer):
         """Like :meth:`listing`, with damaged refs reported apart instead of raised:
         ``(values, {full name: error})``."""
         newest: dict[str, int] = {}
-        for relative in self.transport.find(REFS_FOLDER):
-            folder, _, version = relative.rpartition("/")
+        sizes = self.transport.find(REFS_FOLDER)
+        for found in sizes:
+            folder, _, version = found.rpartition("/")
             number = _version_number(version)
             if not folder.endswith(_LOG) or number is None:
                 continue
@@ -125,12 +127,14 @@ class RemoteRefs(RefsContainer):
             if name.startswith(prefix) and number > newest.get(name, 0):
                 newest[name] = number
         names = sorted(newest)
-        paths = [
-            self.transport.path(f"{self._folder(n)}/{_version_name(newest[n])}") for n in names
-        ]
+        versions = [f"{n}{_LOG}/{_version_name(newest[n])}" for n in names]
+        paths = [self.transport.path(f"{REFS_FOLDER}/{v}") for v in versions]
+        lengths = [sizes[v] for v in versions]
         out: dict[str, CommitId] = {}
         damaged: dict[str, CorruptionError] = {}
-        for name, path, data in zip(names, paths, self.transport.cat_many(paths), strict=True):
+        for name, path, data in zip(
+            names, paths, self.transport.cat_many(paths, lengths), strict=True
+        ):
             try:
                 value = self._decode(data, path)
             except CorruptionError as exc:

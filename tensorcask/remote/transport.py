@@ -88,18 +88,22 @@ class Transport:
         """Names of the files directly in a folder (empty if it does not exist)."""
         return list(self.list_files(relative))
 
-    def find(self, relative: str) -> list[str]:
-        """Paths (relative to ``relative``) of every file below a folder."""
+    def find(self, relative: str) -> dict[str, int]:
+        """Path (relative to ``relative``) -> size of every file below a folder, sorted."""
         full = self.path(relative)
 
-        def run() -> list[str]:
+        def run() -> dict[str, int]:
             self.fs.invalidate_cache(full)
             try:
-                found = self.fs.find(full)
+                found = self.fs.find(full, detail=True)
             except FileNotFoundError:
-                return []
+                return {}
             base = full.rstrip("/") + "/"  # the root has no protocol, as find's answers
-            return sorted(p[len(base) :] for p in found if p.startswith(base))
+            return {
+                p[len(base) :]: int(found[p].get("size") or 0)
+                for p in sorted(found)
+                if p.startswith(base)
+            }
 
         return self._call(f"listing {full}", run)
 
@@ -107,10 +111,19 @@ class Transport:
         """The bytes of one object (``FileNotFoundError`` if absent)."""
         return self._call(f"reading {path}", lambda: bytes(self.fs.cat_file(path)))
 
-    def cat_many(self, paths: Sequence[str]) -> list[bytes]:
-        """The bytes of several objects, read concurrently where the filesystem allows."""
+    def cat_many(self, paths: Sequence[str], sizes: Sequence[int] | None = None) -> list[bytes]:
+        """The bytes of several objects, read concurrently where the filesystem allows.
+
+        With their ``sizes`` (from a listing) each object is one ranged read;
+        without, some filesystems ask for the size first (S3: a HEAD each).
+        """
         if not paths:
             return []
+        if sizes is not None:
+            got = self.cat_ranges(list(paths), [0] * len(paths), list(sizes))
+            if any(len(data) != size for data, size in zip(got, sizes, strict=True)):
+                return self.cat_many(paths)  # replaced since the listing: read them whole
+            return got
 
         def run() -> list[bytes]:
             got = self.fs.cat(list(paths), on_error="return")
