@@ -46,8 +46,9 @@ class RemoteObjectStore(ObjectStore):
             return self.packs.get_many(wanted)
         # Walks ask for commits one at a time: read all of them once instead (they are
         # small and contiguous in each pack), then again only for packs new since.
-        if any(c and n not in self._commits for n, c in zip(wanted, commits, strict=True)):
-            self._load_commits()
+        missing = [n for n, c in zip(wanted, commits, strict=True) if c and n not in self._commits]
+        if missing:
+            self._load_commits(missing)
         out = self.packs.get_many([n for n, c in zip(wanted, commits, strict=True) if not c])
         others = iter(out)
         return [
@@ -55,7 +56,9 @@ class RemoteObjectStore(ObjectStore):
             for n, c in zip(wanted, commits, strict=True)
         ]
 
-    def _load_commits(self) -> None:
+    def _load_commits(self, wanted: list[bytes]) -> None:
+        """Read the commits of every index not read yet, listing again (once) while some
+        of ``wanted`` are still missing."""
         for attempt in range(2):
             if attempt:
                 self.packs.refresh()
@@ -68,8 +71,8 @@ class RemoteObjectStore(ObjectStore):
                 for unit, entries in found.items():
                     self._commits.update(entries)
                     self._commit_units.add(unit)
-            if found:
-                return
+                if all(n in self._commits for n in wanted):
+                    return
 
     def has_many(self, names: Sequence[bytes]) -> list[bool]:
         wanted = [bytes(n) for n in names]

@@ -81,6 +81,8 @@ class PackSet:
         self._whole: dict[str, bytes] = {}
         self._lock = threading.Lock()
         self._listed = False
+        self._clock = 0  # counts this set's writes of indexes ...
+        self._born: dict[str, int] = {}  # ... and when each was written
 
     def path(self, name: str, suffix: str = "") -> str:
         """Full path of ``<name><suffix>`` in this folder."""
@@ -91,6 +93,8 @@ class PackSet:
     def refresh(self) -> None:
         """List the folder: load the indexes not seen yet, forget those no longer there."""
         for attempt in range(3):
+            with self._lock:
+                begun = self._clock
             files = self.transport.list_files(self.folder)
             listed = [n for n in files if _is_unit(n)]
             new = [n for n in listed if n not in self._units]
@@ -102,7 +106,10 @@ class PackSet:
                 continue
             loaded = {n: decode_index(n, d, self.path(n)) for n, d in zip(new, raw, strict=True)}
             with self._lock:
+                # An index this set wrote while the listing ran may be missing from it.
+                fresh = {n: u for n, u in self._units.items() if self._born.get(n, -1) >= begun}
                 self._units = {n: self._units.get(n) or loaded[n] for n in listed}
+                self._units.update(fresh)
                 self._listed = True
             return
 
@@ -260,9 +267,15 @@ class PackSet:
         self.transport.put(self.path(name, ".pack"), pack)
         self.transport.put(self.path(name, ".idx"), index)
         decoded = decode_index(name + ".idx", index, self.path(name, ".idx"))
-        with self._lock:
-            self._units[name + ".idx"] = decoded
+        self._add(decoded)
         return name
+
+    def _add(self, index: PackIndex) -> None:
+        """Know an index this set has just written."""
+        with self._lock:
+            self._units[index.unit] = index
+            self._born[index.unit] = self._clock
+            self._clock += 1
 
     def delete_many(self, names: Iterable[bytes]) -> int:
         """Remove entries by rewriting the packs that hold them; how many existed.
@@ -333,9 +346,7 @@ class PackSet:
             return len(units)
         unit, data = encode_multi_index(units)
         self.transport.put(self.path(unit), data)
-        decoded = decode_index(unit, data, self.path(unit))
-        with self._lock:
-            self._units[unit] = decoded
+        self._add(decode_index(unit, data, self.path(unit)))
         # The merge of indexes that add nothing to one of them is that one, by name: keep it.
         merged = [index.unit for index in units if index.unit != unit]
         self.transport.remove([self.path(u) for u in merged])
