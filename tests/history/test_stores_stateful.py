@@ -1,6 +1,7 @@
 """Object stores and refs containers against dict models, by random sequences of operations.
 
-Each machine runs on the memory twin and on the local LMDB implementation.
+Each machine runs on the memory twin, on the local LMDB implementation and on a
+remote over local files (packs and create-only ref logs).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from tensorcask.history.objectstore import (
     kind_of,
 )
 from tensorcask.history.refs import LMDBRefs, MemoryRefs, RefsContainer
+from tensorcask.remote.objects import RemoteObjectStore
+from tensorcask.remote.refs import RemoteRefs
+from tensorcask.remote.transport import open_transport
 from tensorcask.storage.db import MetaDB
 
 from .conformance import cid, commit_name, object_name
@@ -51,6 +55,18 @@ def lmdb_objects() -> tuple[ObjectStore, Closer]:
         shutil.rmtree(folder, ignore_errors=True)
 
     return LMDBObjectStore(db), close
+
+
+def remote_objects() -> tuple[ObjectStore, Closer]:
+    folder = Path(tempfile.mkdtemp(prefix="tc-remote-objects-"))
+    store = RemoteObjectStore(open_transport(folder.as_uri()))
+    return store, lambda: shutil.rmtree(folder, ignore_errors=True)
+
+
+def remote_refs() -> tuple[RefsContainer, Closer]:
+    folder = Path(tempfile.mkdtemp(prefix="tc-remote-refs-"))
+    refs = RemoteRefs(open_transport(folder.as_uri()))
+    return refs, lambda: shutil.rmtree(folder, ignore_errors=True)
 
 
 def memory_refs() -> tuple[RefsContainer, Closer]:
@@ -161,10 +177,16 @@ class LMDBObjectStoreMachine(ObjectStoreMachine):
     factory = staticmethod(lmdb_objects)
 
 
+class RemoteObjectStoreMachine(ObjectStoreMachine):
+    factory = staticmethod(remote_objects)
+
+
 TestMemoryObjectStoreStateful = MemoryObjectStoreMachine.TestCase
 TestMemoryObjectStoreStateful.settings = SETTINGS
 TestLMDBObjectStoreStateful = LMDBObjectStoreMachine.TestCase
 TestLMDBObjectStoreStateful.settings = SETTINGS
+TestRemoteObjectStoreStateful = RemoteObjectStoreMachine.TestCase
+TestRemoteObjectStoreStateful.settings = SETTINGS
 
 
 # -- refs --------------------------------------------------------------------
@@ -240,7 +262,13 @@ class LMDBRefsMachine(RefsMachine):
     factory = staticmethod(lmdb_refs)
 
 
+class RemoteRefsMachine(RefsMachine):
+    factory = staticmethod(remote_refs)
+
+
 TestMemoryRefsStateful = MemoryRefsMachine.TestCase
 TestMemoryRefsStateful.settings = SETTINGS
 TestLMDBRefsStateful = LMDBRefsMachine.TestCase
 TestLMDBRefsStateful.settings = SETTINGS
+TestRemoteRefsStateful = RemoteRefsMachine.TestCase
+TestRemoteRefsStateful.settings = SETTINGS
