@@ -722,6 +722,28 @@ def test_damaged_ref_is_repaired_by_a_forced_push(tmp_path: Path) -> None:
         d.clone.close()
 
 
+def test_a_damaged_ref_does_not_block_other_branches(tmp_path: Path) -> None:
+    d = _make_remote(tmp_path)
+    try:
+        d.source.create_branch("dev", "main")
+        d.source.push("origin", "dev")
+        _garbage_ref(d)  # main's newest version
+        d.clone.fetch("origin", "dev")  # another branch still fetches
+        assert d.clone.resolve("origin/dev") == d.source.branches["dev"]
+        with pytest.raises(tc.CorruptionError, match="force=True"):
+            d.clone.fetch("origin", "main")
+        with pytest.raises(tc.CorruptionError, match="force=True"):
+            d.source.push("origin", "main")  # not without force: we cannot tell what it held
+        d.source.create_tag("v1", "dev")
+        pushed = d.source.push("origin", "dev")  # pushes (and tags) go on beside it
+        assert pushed.tags == ["v1"]
+        report = d.source.verify_remote("origin", raise_on_error=False)
+        assert not report.ok and any("main" in p for p in report.problems), report.problems
+    finally:
+        d.source.close()
+        d.clone.close()
+
+
 def test_damaged_data_pack_on_s3_is_refused(tmp_path: Path, s3_server: Any, s3_url: str) -> None:
     options = s3_server.storage_options
     fs = s3_server.filesystem()

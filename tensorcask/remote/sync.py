@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from ..errors import (
@@ -154,7 +155,7 @@ def push(
         result.bytes += batch.nbytes()
     result.commits, result.objects = len(walk.commits), len(batch)
     note(progress, "objects", len(batch), len(batch))
-    result.tags = _push_tags(parts, remote, head, theirs_all)
+    result.tags = _push_tags(parts, remote, head, {*theirs_all, *damaged})
     if theirs != head or HEADS + branch in damaged:
         if force:  # whatever it holds now, even a damaged version
             swapped = remote.refs.overwrite(HEADS + branch, head)
@@ -189,9 +190,10 @@ def _catch_up(remote: str, branch: str) -> str:
 
 
 def _push_tags(
-    parts: RepositoryParts, remote: Remote, head: str, theirs: dict[str, CommitId]
+    parts: RepositoryParts, remote: Remote, head: str, theirs: AbstractSet[str]
 ) -> list[str]:
-    """Create on the remote the local tags of commits ``head`` reaches that it lacks."""
+    """Create on the remote the local tags of commits ``head`` reaches that it lacks
+    (``theirs``: the full names of the refs it has)."""
     tags = {t: c for t, c in parts.refs.listing(TAGS).items() if TAGS + t not in theirs}
     if not tags:
         return []
@@ -224,10 +226,15 @@ def fetch(
 ) -> FetchResult:
     """Bring the remote's branches (all, or ``branches``) and tags; see ``Repository.fetch``."""
     remote.require()
-    listing = remote.refs.listing()
+    listing, damaged = remote.refs.scan()
     heads = {n[len(HEADS) :]: c for n, c in listing.items() if n.startswith(HEADS)}
+    if branches is None and damaged:
+        raise next(iter(damaged.values()))  # a branch or tag we cannot read: say so
     if branches is not None:
         wanted = list(branches)
+        for branch in wanted:
+            if HEADS + branch in damaged:
+                raise damaged[HEADS + branch]
         unknown = [b for b in wanted if b not in heads]
         if unknown:
             raise RefNotFoundError(
