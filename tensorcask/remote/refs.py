@@ -68,7 +68,7 @@ class RemoteRefs(RefsContainer):
         """The newest version number of ``name`` (0: none) and its value."""
         folder = self._folder(name)
         for _ in range(_RETRIES):
-            listed = self.transport.list_files(folder)
+            listed = self.transport.first_files(folder, 8)  # the newest sorts first
             numbers = {_version_number(n): size for n, size in listed.items()}
             numbers.pop(None, None)
             if not numbers:

@@ -48,6 +48,7 @@ class Transport:
         # Local files are written whole under a temporary name, then renamed (put) or
         # hard-linked (create): a killed writer never leaves a torn object behind.
         self.local = "file" in _protocols(fs)
+        self.s3 = bool({"s3", "s3a"} & set(_protocols(fs))) and hasattr(fs, "call_s3")
 
     def path(self, relative: str) -> str:
         """Full path of ``relative`` under the root."""
@@ -80,6 +81,30 @@ class Transport:
                 e["name"].rstrip("/").rsplit("/", 1)[-1]: int(e.get("size") or 0)
                 for e in entries
                 if e["type"] == "file"
+            }
+
+        return self._call(f"listing {full}", run)
+
+    def first_files(self, relative: str, count: int) -> dict[str, int]:
+        """Name -> size of at least the first ``count`` files (in name order) directly in a
+        folder.
+
+        One request on S3 whatever the folder holds (``MaxKeys``); elsewhere
+        the whole folder is listed (local folders may hold temporary files of
+        writes in progress, which sort first).
+        """
+        if not self.s3:
+            return self.list_files(relative)
+        full = self.path(relative).rstrip("/") + "/"
+        bucket, _, prefix = full.partition("/")
+
+        def run() -> dict[str, int]:
+            answer = self.fs.call_s3(
+                "list_objects_v2", Bucket=bucket, Prefix=prefix, Delimiter="/", MaxKeys=count
+            )
+            return {
+                item["Key"][len(prefix) :]: int(item.get("Size") or 0)
+                for item in answer.get("Contents", [])
             }
 
         return self._call(f"listing {full}", run)
