@@ -42,7 +42,7 @@ Transfer = Callable[[str, int, int], None]
 """Called as ``progress(what, done, total)``: ``what`` is ``"samples"``, ``"objects"`` or
 ``"bytes"`` (sample bytes; history bytes are counted in the results only)."""
 
-PACK_BYTES = 256 << 20
+PACK_BYTES = 64 << 20
 """Sample bytes per pack (a pack is built in memory, then uploaded)."""
 READ_BATCH = 4096
 """Samples read from local storage at once."""
