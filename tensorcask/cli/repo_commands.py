@@ -223,27 +223,29 @@ def _verify_remote(args: argparse.Namespace) -> int:
     """``verify --remote NAME``: re-hash everything remote NAME holds; exit 1 on problems."""
     with open_repo(args) as repo, progress_bar(args) as progress:
         report = repo.verify_remote(args.remote, raise_on_error=False, progress=progress)
+    doc = {
+        "ok": report.ok,
+        "remote": report.remote,
+        "refs": report.refs,
+        "packs": report.packs,
+        "objects": report.objects,
+        "samples": report.samples,
+        "bytes": report.bytes,
+        "problems": list(report.problems),
+    }
+    return _outcome(args, doc, str(report), f"verification of remote {report.remote!r}")
+
+
+def _outcome(args: argparse.Namespace, doc: dict[str, Any], text: str, what: str) -> int:
+    """Print a verification report (``doc`` with --json, else ``text``); its exit status."""
+    problems = doc["problems"]
     if args.json:
-        print_json(
-            {
-                "ok": report.ok,
-                "remote": report.remote,
-                "refs": report.refs,
-                "packs": report.packs,
-                "objects": report.objects,
-                "samples": report.samples,
-                "bytes": report.bytes,
-                "problems": list(report.problems),
-            }
-        )
-    elif not report.ok or not args.quiet:
-        out(str(report))
-    if report.ok:
+        print_json(doc)
+    elif problems or not args.quiet:
+        out(text)
+    if not problems:
         return 0
-    print_error(
-        f"verification of remote {report.remote!r} found {len(report.problems)} problem(s): "
-        f"{report.problems[0]}"
-    )
+    print_error(f"{what} found {len(problems)} problem(s): {problems[0]}")
     return 1
 
 
@@ -256,24 +258,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return _verify_remote(args)
     with open_repo(args) as repo, progress_bar(args) as progress:
         report = repo.verify(args.ref, full=args.full, raise_on_error=False, progress=progress)
-    if args.json:
-        print_json(
-            {
-                "ok": report.ok,
-                "ref": args.ref,
-                "full": report.full,
-                "commits": report.commits,
-                "pages": report.pages,
-                "samples": report.samples,
-                "problems": list(report.problems),
-            }
-        )
-    elif not report.ok or not args.quiet:
-        out(str(report))
-    if report.ok:
-        return 0
-    print_error(f"verification found {len(report.problems)} problem(s): {report.problems[0]}")
-    return 1
+    doc = {
+        "ok": report.ok,
+        "ref": args.ref,
+        "full": report.full,
+        "commits": report.commits,
+        "pages": report.pages,
+        "samples": report.samples,
+        "problems": list(report.problems),
+    }
+    return _outcome(args, doc, str(report), "verification")
 
 
 def _check_verify(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
