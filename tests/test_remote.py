@@ -5,6 +5,7 @@ real S3-protocol server (moto through s3fs)."""
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -721,6 +722,20 @@ def test_push_uploads_only_what_the_remote_lacks_when_behind(
             _commit_images(b, {1: 200}, branch, "b's change")
             pushed = b.push("origin", branch, force=case == "force")
             assert pushed.samples == 1  # only images[1] = _image(200) is new to the remote
+
+
+def test_a_remote_emptied_behind_our_back_gets_everything_again(tmp_path: Path) -> None:
+    root = tmp_path / "remote"
+    with _new_repo(tmp_path / "a") as a:
+        a.add_remote("origin", root.as_uri())
+        a.push("origin")  # remembers origin/main
+        shutil.rmtree(root)  # someone empties the bucket; origin/main still says "pushed"
+        _commit_images(a, {0: 100}, "main", "after the wipe")
+        pushed = a.push("origin")
+        assert pushed.samples == 7 * N + 1  # both commits again, not just the new image
+        assert a.verify_remote("origin").ok
+        with tc.clone(root.as_uri(), tmp_path / "b", **IDENTITY) as b:
+            assert _snapshot(b, "main") == _snapshot(a, "main")
 
 
 # -- 7. errors ----------------------------------------------------------------------

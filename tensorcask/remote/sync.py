@@ -123,12 +123,17 @@ def push(
             f"ancestor of {head[:12]} (someone else pushed, or the histories diverged); "
             f"{_catch_up(remote.name, branch)}, or push with force=True to overwrite it"
         )
-    # What the remote has: everything its refs reach, and everything they reached when
-    # this repository last fetched or pushed (a push moves a ref only once all of it is
-    # uploaded, and nothing on a remote is ever removed), as far as this repository
-    # knows those commits.
-    seen = {*theirs_all.values(), *parts.refs.listing(f"{REMOTES}{remote.name}/").values()}
-    have = [c for c in seen if parts.objects.has(bytes.fromhex(c))]
+    # What the remote has: everything its refs reach (a push moves a ref only once all
+    # of it is uploaded), and everything they reached when this repository last fetched
+    # or pushed, if those commits are still there; as far as this repository knows them.
+    tracked = set(parts.refs.listing(f"{REMOTES}{remote.name}/").values()) - set(
+        theirs_all.values()
+    )
+    if tracked:
+        order = sorted(tracked)
+        there = remote.objects.has_many([bytes.fromhex(c) for c in order])
+        tracked = {c for c, t in zip(order, there, strict=True) if t}
+    have = [c for c in {*theirs_all.values(), *tracked} if parts.objects.has(bytes.fromhex(c))]
     kinds: dict[bytes, str] = {}
 
     def on_leaf(column: str, schema: ColumnSchema, page: Node) -> None:
@@ -145,9 +150,10 @@ def push(
     batch = WriteBatch()
     for name, data in zip(names, parts.objects.get_many(names), strict=True):
         if data is None:
-            raise RefNotFoundError(
-                f"history object {name.hex()} is missing from {parts.objects.location}; run "
-                "`tensorcask verify` before pushing"
+            raise CorruptionError(
+                f"history object {name.hex()} is missing from {parts.objects.location}; the "
+                "repository is damaged: run `tensorcask verify` and restore from a clone",
+                path=parts.objects.location,
             )
         batch.put(name, data)
     if len(batch):
