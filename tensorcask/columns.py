@@ -164,6 +164,12 @@ class Column:
 
     def _column_table(self, reads: int) -> ColumnTable | None:
         """The resolved table of a committed column, once enough keys were read."""
+        table = self._table
+        if table is not None and table.damaged is not None:
+            # Records it could not resolve may have been repaired or fetched since
+            # (fetch_data): the repository's tables are rebuilt then, so ask again.
+            root = ColumnRoot(self.schema, self._tree, self._base_count)
+            self._table = self._co.parts.column_table(root)
         if self._table is not None or self._co.writable or not self._base_count:
             return self._table
         self._reads += reads

@@ -452,6 +452,26 @@ def test_partial_clone_reads_only_fetched_data(remote_url: RemoteURL, tmp_path: 
         part.close()
 
 
+def test_a_checkout_open_before_fetch_data_reads_what_it_brought(tmp_path: Path) -> None:
+    with _new_repo(tmp_path / "src") as src:
+        url = (tmp_path / "remote").as_uri()
+        src.add_remote("origin", url)
+        src.push("origin")
+    with tc.clone(url, tmp_path / "part", partial=True, **IDENTITY) as part:
+        co = part.checkout()
+        images = co["images"]
+        with pytest.raises(tc.DataNotLocalError):
+            images.get_many(list(range(N)))  # enough keys to resolve the whole column
+        with pytest.raises(tc.DataNotLocalError):
+            images[3]
+        part.fetch_data("origin", "main", columns=["images"])
+        assert np.array_equal(images[3], _image(3))  # the same column object
+        assert np.array_equal(
+            images.get_many(list(range(N))), np.stack([_image(k) for k in range(N)])
+        )
+        co.close()
+
+
 def test_partial_clone_torch_dataset(remote_url: RemoteURL, tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     from tensorcask.loaders.torch import repo_dataset
