@@ -32,6 +32,7 @@ __all__ = [
     "encode_multi_index",
     "encode_pack",
     "entry_key",
+    "name_of_key",
     "pack_id",
     "unit_name",
 ]
@@ -53,8 +54,9 @@ def entry_key(name: bytes) -> bytes:
     return bytes([len(name)]) + name.ljust(32, b"\0")
 
 
-def _name_of(key: bytes) -> bytes:
-    return key[1 : 1 + key[0]]
+def name_of_key(key: bytes) -> bytes:
+    """The name in an entry key, also as numpy hands keys back (trailing zeros stripped)."""
+    return key[1 : 1 + key[0]].ljust(key[0], b"\0")
 
 
 def pack_id(pack: bytes | memoryview, index: bytes | memoryview) -> str:
@@ -125,7 +127,7 @@ class PackIndex:
 
     def names(self) -> list[bytes]:
         """Every entry name, in key order."""
-        return [_name_of(k.ljust(KEY_BYTES, b"\0")) for k in self.keys.tolist()]
+        return [name_of_key(k) for k in self.keys.tolist()]
 
 
 def encode_multi_index(indexes: Sequence[PackIndex]) -> tuple[str, bytes]:

@@ -33,6 +33,7 @@ from .packs import (
     encode_multi_index,
     encode_pack,
     entry_key,
+    name_of_key,
     pack_id,
 )
 from .transport import Transport
@@ -242,7 +243,7 @@ class PackSet:
             where = Located(
                 list(index.packs), index.entry_pack[rows], index.offsets[rows], index.sizes[rows]
             )
-            names = [_name_of_key(k) for k in index.keys[rows].tolist()]
+            names = [name_of_key(k) for k in index.keys[rows].tolist()]
             out[index.unit] = dict(zip(names, self.read(where), strict=True))
         return out
 
@@ -363,11 +364,6 @@ class PackSet:
         raw = self.transport.cat_many([self.path(n) for n in todo], [sizes[n] for n in todo])
         known.update({n: decode_index(n, d, self.path(n)) for n, d in zip(todo, raw, strict=True)})
         return [known[n] for n in units]
-
-
-def _name_of_key(key: bytes) -> bytes:
-    """The name in an entry key as numpy returns it (trailing zero bytes stripped)."""
-    return key[1 : 1 + key[0]].ljust(key[0], b"\0")
 
 
 def _slice_into(

@@ -64,16 +64,20 @@ class RemoteRefs(RefsContainer):
         assert value is not None
         return CommitId(value)
 
+    def _versions(self, name: str) -> dict[int, int]:
+        """Number -> size of (at least) the newest versions of ``name``."""
+        listed = self.transport.first_files(self._folder(name), 8)  # the newest sort first
+        found = ((_version_number(n), size) for n, size in listed.items())
+        return {n: size for n, size in found if n is not None}
+
     def _newest(self, name: str) -> tuple[int, CommitId | None]:
         """The newest version number of ``name`` (0: none) and its value."""
         folder = self._folder(name)
         for _ in range(_RETRIES):
-            listed = self.transport.first_files(folder, 8)  # the newest sorts first
-            numbers = {_version_number(n): size for n, size in listed.items()}
-            numbers.pop(None, None)
+            numbers = self._versions(name)
             if not numbers:
                 return 0, None
-            newest = max(n for n in numbers if n is not None)
+            newest = max(numbers)
             path = self.transport.path(f"{folder}/{_version_name(newest)}")
             try:
                 data = self.transport.cat_many([path], [numbers[newest]])[0]
@@ -149,12 +153,6 @@ class RemoteRefs(RefsContainer):
         (a forced push repairs a ref this way); False if another client moved it meanwhile."""
         value = self.commit_value(new, "new")
         assert value is not None
-        numbers = [
-            n
-            for n in map(_version_number, self.transport.list_names(self._folder(name)))
-            if n is not None
-        ]
-        path = self.transport.path(
-            f"{self._folder(name)}/{_version_name(max(numbers, default=0) + 1)}"
-        )
+        newest = max(self._versions(name), default=0)
+        path = self.transport.path(f"{self._folder(name)}/{_version_name(newest + 1)}")
         return self.transport.create(path, value.encode() + b"\n")

@@ -50,6 +50,7 @@ class Remote:
         self.refs = RemoteRefs(self.transport)
         self.data = PackSet(self.transport, DATA_FOLDER)
         self.history = History(self.objects, self.refs)
+        self._format_seen = False
 
     def __repr__(self) -> str:
         return f"<Remote {self.name!r} {self.url}>"
@@ -60,6 +61,8 @@ class Remote:
         Raises :class:`RemoteError` for a remote of a newer format, or a
         marker that is not ours.
         """
+        if self._format_seen:
+            return True
         path = self.transport.path(FORMAT_FILE)
         doc = self.transport.read_json(path)
         if doc is None and create:
@@ -79,6 +82,7 @@ class Remote:
                 f"remote {self.name!r} at {self.url} has format {version!r}; this tensorcask "
                 f"reads format {REMOTE_FORMAT}: `pip install -U tensorcask`"
             )
+        self._format_seen = True  # a marker, once there, never changes: read it once
         return True
 
     def require(self) -> None:
