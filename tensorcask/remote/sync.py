@@ -279,14 +279,12 @@ def fetch(
         if data:
             moved = download_samples(parts, remote, {d: schemas[d] for d in walk.digests}, progress)
             result.samples, result.bytes = moved.samples, moved.bytes
+        # The walk loaded every commit and object it reports through `walked`, which
+        # checks each against its name before decoding it; store those same bytes.
+        names = [bytes.fromhex(c) for c in walk.commits] + sorted(walk.objects)
         batch = WriteBatch()
-        for cid in walk.commits:
-            walked.commit(cid)  # checked against its id (and cached) before it is stored
-            raw = layered.get(bytes.fromhex(cid))
+        for name, raw in zip(names, layered.get_many(names), strict=True):
             assert raw is not None
-            batch.put(bytes.fromhex(cid), raw)
-        names = sorted(walk.objects)
-        for name, raw in zip(names, walked.load_objects(names), strict=True):  # hash-checked
             batch.put(name, raw)
         result.commits, result.objects, result.bytes = (
             len(walk.commits),
