@@ -32,7 +32,7 @@ from .storage.base import Location, Payload, TableRows
 from .storage.content import ContentStore
 from .table_cache import CACHE_FORMAT, TableCache
 
-__all__ = ["ColumnTable", "ColumnTables", "Lookup"]
+__all__ = ["ColumnTable", "ColumnTables", "KeyedTable", "Lookup", "key_arrays"]
 
 TABLES_IN_MEMORY = 16
 _EAGER = ("int_keys", "segments", "rows", "checksums")  # what every batch read touches
@@ -59,8 +59,11 @@ def _split(blob: np.ndarray, lengths: np.ndarray) -> list[bytes]:
     return [data[a:b] for a, b in zip(starts, ends, strict=True)]
 
 
-class ColumnTable:
-    """The records of one committed column, in key order, with their locations.
+class KeyedTable:
+    """Records of one committed column in key order: their keys and content digests.
+
+    What every table of a column shares, wherever its bytes are read from: a
+    local :class:`ColumnTable`, or a streaming table of a remote.
 
     Attributes
     ----------
@@ -68,100 +71,20 @@ class ColumnTable:
         Number of records.
     int_keys:
         The keys as a sorted uint64 array when every key is an int, else None.
-    segments, rows, checksums:
-        Per-record memmap locations (None unless every record is a memmap row
-        of the column's dtype and shape).
-    damaged:
-        Records whose location could not be resolved, with the error reading
-        them raises (None when every record resolved: the table may be saved).
     """
 
     def __init__(
-        self,
-        arrays: Mapping[str, np.ndarray],
-        schema: ColumnSchema,
-        count: int,
-        damaged: dict[int, CaskError] | None = None,
-        raw_keys: list[bytes] | None = None,
+        self, arrays: Mapping[str, np.ndarray], count: int, raw_keys: list[bytes] | None = None
     ) -> None:
         self._arrays = arrays
-        self.schema = schema
-        self.damaged = damaged or None
         self.count = count
         self.int_keys: np.ndarray | None = arrays.get("int_keys")
-        self.segments: np.ndarray | None = arrays.get("segments")
-        self.rows: np.ndarray | None = arrays.get("rows")
-        self.checksums: np.ndarray | None = arrays.get("checksums")
         self._raw_keys = raw_keys
         self._positions: dict[bytes, int] | None = None
-        self._locations: list[Location] | None = None
-
-    # -- construction ----------------------------------------------------
-
-    @classmethod
-    def build(
-        cls,
-        tree: RecordTree,
-        root: bytes,
-        lookup: Lookup,
-        schema: ColumnSchema,
-        absent: Callable[[bytes], CaskError] | None = None,
-    ) -> ColumnTable:
-        """Resolve a column from its record tree and the content index.
-
-        ``absent(digest)`` makes the error of a record whose content is not
-        there (default: the repository is damaged).
-        """
-        raw_keys: list[bytes] = []
-        blobs: list[bytes] = []
-        for leaf in tree.leaves(root):
-            raw_keys.extend(leaf.keys)
-            blobs.append(leaf.vals)
-        digests = b"".join(blobs)
-        wanted = [digests[i : i + 32] for i in range(0, len(digests), 32)]
-        found = lookup(wanted)
-        damaged: dict[int, CaskError] = {}
-        good = next((raw for raw in found if isinstance(raw, bytes)), None)
-        resolved: list[bytes] = []
-        for i, raw in enumerate(found):
-            if isinstance(raw, bytes):
-                resolved.append(raw)
-                continue
-            damaged[i] = raw if raw is not None else (absent or _missing)(wanted[i])
-            resolved.append(good or b"")  # a placeholder that is never read
-        arrays: dict[str, np.ndarray] = {
-            "digests": np.frombuffer(digests, np.uint8).reshape(-1, 32)
-        }
-        int_keys = _int_keys(raw_keys)
-        if int_keys is not None:
-            arrays["int_keys"] = int_keys
-        else:
-            arrays["keys"], arrays["key_lengths"] = _blob(raw_keys)
-        memmap = _parse_memmap(resolved, schema) if good is not None else None
-        if memmap is not None:
-            arrays.update(memmap)
-        else:
-            arrays["locations"], arrays["location_lengths"] = _blob(resolved)
-        return cls(arrays, schema, len(raw_keys), damaged, raw_keys)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """What :meth:`from_arrays` needs to rebuild this table (for the cache)."""
+        """What the table is made of (for the table cache)."""
         return dict(self._arrays)
-
-    @classmethod
-    def from_arrays(
-        cls, arrays: Mapping[str, np.ndarray], schema: ColumnSchema, count: int
-    ) -> ColumnTable:
-        """A table of ``count`` records from saved arrays (checked by the cache)."""
-        keys_ok = "int_keys" in arrays or ("keys" in arrays and "key_lengths" in arrays)
-        locations_ok = all(k in arrays for k in ("segments", "rows", "checksums")) or (
-            "locations" in arrays and "location_lengths" in arrays
-        )
-        if "digests" not in arrays or not keys_ok or not locations_ok:
-            raise ValueError("a saved column table lacks some of its arrays")
-        return cls(arrays, schema, count)
-
-    # -- derived views -------------------------------------------------------
 
     @property
     def raw_keys(self) -> list[bytes]:
@@ -173,8 +96,6 @@ class ColumnTable:
             else:
                 self._raw_keys = _split(self._arrays["keys"], self._arrays["key_lengths"])
         return self._raw_keys
-
-    # -- lookups -----------------------------------------------------------
 
     def key(self, i: int) -> bytes:
         """The encoded key of record ``i``."""
@@ -215,6 +136,108 @@ class ColumnTable:
         found = np.searchsorted(keys, query)
         clipped = np.minimum(found, len(keys) - 1)
         return np.where(keys[clipped] == query, clipped, -1).astype(np.intp)
+
+    def digest(self, i: int) -> bytes:
+        """The content digest of record ``i``."""
+        return self._arrays["digests"][i].tobytes()
+
+
+def key_arrays(raw_keys: list[bytes]) -> dict[str, np.ndarray]:
+    """The arrays that hold ``raw_keys`` in a table: ``int_keys``, else ``keys`` + lengths."""
+    int_keys = _int_keys(raw_keys)
+    if int_keys is not None:
+        return {"int_keys": int_keys}
+    keys, lengths = _blob(raw_keys)
+    return {"keys": keys, "key_lengths": lengths}
+
+
+class ColumnTable(KeyedTable):
+    """The records of one committed column, in key order, with their locations.
+
+    Attributes
+    ----------
+    segments, rows, checksums:
+        Per-record memmap locations (None unless every record is a memmap row
+        of the column's dtype and shape).
+    damaged:
+        Records whose location could not be resolved, with the error reading
+        them raises (None when every record resolved: the table may be saved).
+    """
+
+    def __init__(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        schema: ColumnSchema,
+        count: int,
+        damaged: dict[int, CaskError] | None = None,
+        raw_keys: list[bytes] | None = None,
+    ) -> None:
+        super().__init__(arrays, count, raw_keys)
+        self.schema = schema
+        self.damaged = damaged or None
+        self.segments: np.ndarray | None = arrays.get("segments")
+        self.rows: np.ndarray | None = arrays.get("rows")
+        self.checksums: np.ndarray | None = arrays.get("checksums")
+        self._locations: list[Location] | None = None
+
+    # -- construction ----------------------------------------------------
+
+    @classmethod
+    def build(
+        cls,
+        tree: RecordTree,
+        root: bytes,
+        lookup: Lookup,
+        schema: ColumnSchema,
+        absent: Callable[[bytes], CaskError] | None = None,
+    ) -> ColumnTable:
+        """Resolve a column from its record tree and the content index.
+
+        ``absent(digest)`` makes the error of a record whose content is not
+        there (default: the repository is damaged).
+        """
+        raw_keys: list[bytes] = []
+        blobs: list[bytes] = []
+        for leaf in tree.leaves(root):
+            raw_keys.extend(leaf.keys)
+            blobs.append(leaf.vals)
+        digests = b"".join(blobs)
+        wanted = [digests[i : i + 32] for i in range(0, len(digests), 32)]
+        found = lookup(wanted)
+        damaged: dict[int, CaskError] = {}
+        good = next((raw for raw in found if isinstance(raw, bytes)), None)
+        resolved: list[bytes] = []
+        for i, raw in enumerate(found):
+            if isinstance(raw, bytes):
+                resolved.append(raw)
+                continue
+            damaged[i] = raw if raw is not None else (absent or _missing)(wanted[i])
+            resolved.append(good or b"")  # a placeholder that is never read
+        arrays: dict[str, np.ndarray] = {
+            "digests": np.frombuffer(digests, np.uint8).reshape(-1, 32)
+        }
+        arrays.update(key_arrays(raw_keys))
+        memmap = _parse_memmap(resolved, schema) if good is not None else None
+        if memmap is not None:
+            arrays.update(memmap)
+        else:
+            arrays["locations"], arrays["location_lengths"] = _blob(resolved)
+        return cls(arrays, schema, len(raw_keys), damaged, raw_keys)
+
+    @classmethod
+    def from_arrays(
+        cls, arrays: Mapping[str, np.ndarray], schema: ColumnSchema, count: int
+    ) -> ColumnTable:
+        """A table of ``count`` records from saved arrays (checked by the cache)."""
+        keys_ok = "int_keys" in arrays or ("keys" in arrays and "key_lengths" in arrays)
+        locations_ok = all(k in arrays for k in ("segments", "rows", "checksums")) or (
+            "locations" in arrays and "location_lengths" in arrays
+        )
+        if "digests" not in arrays or not keys_ok or not locations_ok:
+            raise ValueError("a saved column table lacks some of its arrays")
+        return cls(arrays, schema, count)
+
+    # -- lookups -----------------------------------------------------------
 
     def location(self, i: int) -> Location:
         """The location of record ``i`` (CorruptionError if it could not be resolved)."""
@@ -275,10 +298,6 @@ class ColumnTable:
         """The sample of record ``i``, through the store's one read path."""
         loc = self.location(i)
         return cast(list[Payload], store.fetch([self.digest(i)], [loc]))[0]
-
-    def digest(self, i: int) -> bytes:
-        """The content digest of record ``i``."""
-        return self._arrays["digests"][i].tobytes()
 
 
 class RecordDigests(Sequence[bytes]):

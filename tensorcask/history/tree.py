@@ -277,6 +277,30 @@ class RecordTree:
             else:
                 stack.extend(self.node(node.child(i)) for i in reversed(range(len(node.keys))))
 
+    def leaves_of(self, roots: Sequence[bytes]) -> list[list[Node]]:
+        """The level-0 pages of each tree, in key order, read one level at a time.
+
+        Every page of one level of all the trees is loaded in one call of
+        ``load_many``, so a remote is asked once per level (as many times as
+        the trees are deep), not once per page.
+        """
+        fronts = [[] if root == EMPTY_ROOT else [root] for root in roots]
+        out: list[list[Node]] = [[] for _ in roots]
+        while any(fronts):
+            wanted = list(dict.fromkeys(h for front in fronts for h in front))
+            nodes = {h: node for h in wanted if (node := self._cache.get(h)) is not None}
+            todo = [h for h in wanted if h not in nodes]
+            for h, data in zip(todo, self._pages_bytes(todo), strict=True):
+                nodes[h] = decode_node(data, h)
+            for i, front in enumerate(fronts):
+                level = [nodes[h] for h in front]
+                if level and level[0].level == 0:
+                    out[i] = level
+                    fronts[i] = []
+                else:
+                    fronts[i] = [n.child(j) for n in level for j in range(len(n.keys))]
+        return out
+
     def items(self, root: bytes) -> Iterator[tuple[bytes, bytes]]:
         """All ``(key, value)`` records in key order."""
         for leaf in self.leaves(root):

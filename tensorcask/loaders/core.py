@@ -21,14 +21,14 @@ import os
 from collections.abc import Sequence
 from functools import reduce
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
 from ..errors import CorruptionError, RefNotFoundError, sample_error
 from ..history.objects import ColumnRoot, CommitId
 from ..keys import Key, decode_key, encode_keys
-from ..locations import ColumnTable
+from ..locations import ColumnTable, KeyedTable
 from ..parts import RepositoryParts
 from ..repository import Repository
 from ..samples import Value, from_payload
@@ -37,7 +37,10 @@ from ..storage.content import ContentStore
 __all__ = ["RepoSource", "SampleIndex"]
 
 
-class SampleIndex:
+TableT = TypeVar("TableT", bound=KeyedTable)
+
+
+class SampleIndex(Generic[TableT]):
     """The samples of one (commit, columns, keys) selection.
 
     Attributes
@@ -51,7 +54,7 @@ class SampleIndex:
     def __init__(
         self,
         names: Sequence[str],
-        tables: Sequence[ColumnTable],
+        tables: Sequence[TableT],
         keys: Sequence[Key] | np.ndarray | None = None,
     ) -> None:
         self.names = list(names)
@@ -143,7 +146,9 @@ class RepoSource:
             self.commit: CommitId = head
         else:
             self.commit = opened.resolve(commit)
-        self._opened: tuple[int, RepositoryParts, SampleIndex, list[ColumnRoot]] | None = None
+        self._opened: (
+            tuple[int, RepositoryParts, SampleIndex[ColumnTable], list[ColumnRoot]] | None
+        ) = None
         self._attach(RepositoryParts(self.path, read_only=self.read_only))
 
     def __getstate__(self) -> dict[str, Any]:
@@ -176,7 +181,7 @@ class RepoSource:
         index = SampleIndex(self.columns, tables, self.keys)
         self._opened = (os.getpid(), parts, index, chosen)
 
-    def _state(self) -> tuple[RepositoryParts, SampleIndex, list[ColumnRoot]]:
+    def _state(self) -> tuple[RepositoryParts, SampleIndex[ColumnTable], list[ColumnRoot]]:
         opened = self._opened
         if opened is None or opened[0] != os.getpid():  # new process: open our own handles
             self._attach(RepositoryParts(self.path, read_only=self.read_only))
@@ -185,7 +190,7 @@ class RepoSource:
         return opened[1], opened[2], opened[3]
 
     @property
-    def index(self) -> SampleIndex:
+    def index(self) -> SampleIndex[ColumnTable]:
         """The sample index (opened in this process on first use)."""
         return self._state()[1]
 
@@ -196,6 +201,10 @@ class RepoSource:
 
     def __len__(self) -> int:
         return len(self.index)
+
+    def prefetch(self, indices: Sequence[int] | np.ndarray) -> None:
+        """Nothing to do: local reads are not worth starting early (streaming sources
+        fetch the pieces of ``indices`` in the background)."""
 
     def read(self, indices: Sequence[int] | np.ndarray) -> list[np.ndarray | list[Value]]:
         """The samples at ``indices``: one stacked array per fixed-shape memmap

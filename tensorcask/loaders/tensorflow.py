@@ -49,8 +49,8 @@ import tensorflow as tf
 
 from ..keys import Key
 from ..repository import Repository
-from .core import RepoSource
 from .plan import checked_int, epoch_order
+from .stream import Source, open_source
 
 __all__ = ["repo_dataset"]
 
@@ -106,7 +106,7 @@ class _BatchReader:
     values concatenated into one flat array plus their shapes ``[B, rank]``.
     """
 
-    def __init__(self, source: RepoSource, columns: Sequence[_Column]) -> None:
+    def __init__(self, source: Source, columns: Sequence[_Column]) -> None:
         self.source = source
         self.columns = list(columns)
 
@@ -168,13 +168,18 @@ def repo_dataset(
     shard: tuple[int, int] | None = None,
     batch_read: int = 256,
     num_parallel_calls: int = tf.data.AUTOTUNE,
+    storage_options: dict[str, Any] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    cache_limit_bytes: int | None = None,
 ) -> Any:
     """A ``tf.data.Dataset`` of the samples of ``columns`` at one commit.
 
     Parameters
     ----------
     repo:
-        A repository path or an open :class:`~tensorcask.Repository`.
+        A repository path, an open :class:`~tensorcask.Repository`, or a
+        remote's URL (``s3://bucket/repo``): samples are then streamed from
+        it, no clone needed.
     columns:
         Column names; each element is a tuple of one tensor per column, in
         this order.
@@ -197,6 +202,9 @@ def repo_dataset(
         Samples read per ``tf.numpy_function`` call.
     num_parallel_calls:
         Parallelism of the batched reads (the order stays deterministic).
+    storage_options, cache_dir, cache_limit_bytes:
+        For a remote URL only, as for
+        :func:`tensorcask.loaders.torch.repo_dataset`.
 
     Returns
     -------
@@ -215,7 +223,15 @@ def repo_dataset(
     batch_read = checked_int(batch_read, "batch_read", 1)
     seed = checked_int(seed, "seed", 0)
     chosen_shard = None if shard is None else _shard(shard)
-    source = RepoSource(repo, columns, commit=commit, keys=keys)
+    source = open_source(
+        repo,
+        columns,
+        commit,
+        keys,
+        storage_options=storage_options,
+        cache_dir=cache_dir,
+        cache_limit_bytes=cache_limit_bytes,
+    )
     roots = source.roots
     specs = [_column(name, root.schema) for name, root in zip(source.columns, roots, strict=True)]
     n = len(source)

@@ -37,8 +37,8 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from ..keys import Key
 from ..repository import Repository
-from .core import RepoSource
 from .plan import EVEN_MODES, EvenMode, checked_int, epoch_length, plan
+from .stream import Source, open_source
 
 __all__ = [
     "READ_CHUNK",
@@ -50,6 +50,8 @@ __all__ = [
 
 #: How many sample indices :class:`RepoIterableDataset` reads per ``source.read``.
 READ_CHUNK = 256
+#: Chunks a streaming source fetches ahead of the one being read.
+PREFETCH_CHUNKS = 4
 
 #: Version of the :meth:`RepoIterableDataset.state_dict` layout.
 _STATE_VERSION = 1
@@ -81,7 +83,7 @@ def _samples(columns: list[Any], count: int) -> list[tuple[Any, ...]]:
 class _PinnedSource:
     """What both datasets expose of their :class:`RepoSource`."""
 
-    source: RepoSource
+    source: Source
 
     @property
     def commit(self) -> str:
@@ -103,7 +105,7 @@ class RepoDataset(_PinnedSource, Dataset[Any]):
     :class:`~tensorcask.loaders.core.RepoSource` and its transform.
     """
 
-    def __init__(self, source: RepoSource, transform: Transform | None = None) -> None:
+    def __init__(self, source: Source, transform: Transform | None = None) -> None:
         self.source = source
         self.transform = transform
 
@@ -193,7 +195,7 @@ class RepoIterableDataset(_PinnedSource, IterableDataset[Any]):
 
     def __init__(
         self,
-        source: RepoSource,
+        source: Source,
         *,
         shuffle: bool = False,
         seed: int = 0,
@@ -428,8 +430,14 @@ class RepoIterableDataset(_PinnedSource, IterableDataset[Any]):
         )
         self._counting = (start, end, world_size, self._yielded)
         transform = self.transform
+        source = self.source
+        for ahead in range(READ_CHUNK, READ_CHUNK * PREFETCH_CHUNKS, READ_CHUNK):
+            source.prefetch(indices[ahead : ahead + READ_CHUNK])
         for low in range(0, len(indices), READ_CHUNK):
             chunk = indices[low : low + READ_CHUNK]
+            ahead = low + READ_CHUNK * PREFETCH_CHUNKS
+            if ahead < len(indices):
+                source.prefetch(indices[ahead : ahead + READ_CHUNK])
             for sample in _samples(self.source.read(chunk), len(chunk)):
                 # Count before yielding: a consumer that stops here has consumed it.
                 self._yielded += 1
@@ -454,13 +462,18 @@ def repo_dataset(
     *,
     keys: Sequence[Key] | np.ndarray | None = None,
     transform: Transform | None = None,
+    storage_options: dict[str, Any] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    cache_limit_bytes: int | None = None,
 ) -> RepoDataset:
     """A map-style ``torch.utils.data.Dataset`` over ``columns`` of one commit.
 
     Parameters
     ----------
     repo:
-        A repository path or an open :class:`~tensorcask.Repository`.
+        A repository path, an open :class:`~tensorcask.Repository`, or a
+        remote's URL (``s3://bucket/repo``, ``file:///path``): samples are
+        then streamed from it, no clone needed.
     columns:
         Column names; each sample is a tuple in this order.
     commit:
@@ -472,12 +485,28 @@ def repo_dataset(
         column, sorted).
     transform:
         Applied to each sample tuple.
+    storage_options, cache_dir, cache_limit_bytes:
+        For a remote URL only: fsspec options (``endpoint_url``,
+        credentials), a folder where checked pieces are cached and shared by
+        every process and job naming it (default: none, pieces are kept in
+        each process's memory), and the cache's bound in bytes (default
+        16 GiB on disk, 512 MiB in memory). See
+        :class:`~tensorcask.loaders.stream.StreamSource`.
 
     The dataset never shuffles; use the ``DataLoader``'s ``shuffle=`` or a
     sampler such as ``DistributedSampler``. With batching, torch calls
     ``__getitems__``, which reads the whole batch in one pass.
     """
-    return RepoDataset(RepoSource(repo, columns, commit, keys), transform)
+    source = open_source(
+        repo,
+        columns,
+        commit,
+        keys,
+        storage_options=storage_options,
+        cache_dir=cache_dir,
+        cache_limit_bytes=cache_limit_bytes,
+    )
+    return RepoDataset(source, transform)
 
 
 def repo_iterable_dataset(
@@ -493,12 +522,15 @@ def repo_iterable_dataset(
     even_ranks: EvenMode = "pad",
     batch_size: int = 1,
     transform: Transform | None = None,
+    storage_options: dict[str, Any] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    cache_limit_bytes: int | None = None,
 ) -> RepoIterableDataset:
     """An iterable ``torch.utils.data.IterableDataset`` over ``columns`` of one commit.
 
     Parameters
     ----------
-    repo, columns, commit, keys, transform:
+    repo, columns, commit, keys, transform, storage_options, cache_dir, cache_limit_bytes:
         As for :func:`repo_dataset`.
     shuffle, seed:
         With ``shuffle=True`` each epoch's order is a permutation drawn from
@@ -520,8 +552,17 @@ def repo_iterable_dataset(
 
     The dataset yields single samples (let the ``DataLoader`` batch them).
     """
+    source = open_source(
+        repo,
+        columns,
+        commit,
+        keys,
+        storage_options=storage_options,
+        cache_dir=cache_dir,
+        cache_limit_bytes=cache_limit_bytes,
+    )
     return RepoIterableDataset(
-        RepoSource(repo, columns, commit, keys),
+        source,
         shuffle=shuffle,
         seed=seed,
         rank=rank,

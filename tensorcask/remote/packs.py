@@ -74,21 +74,30 @@ def _sealed(body: bytes) -> bytes:
 
 
 def encode_pack(items: Sequence[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:
-    """The bytes of a pack holding ``items`` (name, data), and of its index."""
+    """The bytes of a pack holding ``items`` (name, data), and of its index.
+
+    Entries are stored in the order given (the first time each name comes),
+    so that entries written together (a column's samples in key order) lie
+    side by side for readers that stream them; the index is sorted by key.
+    """
     unique = dict(items)
-    # names of one length sort as their keys do
-    one_length = len({len(n) for n in unique}) <= 1
-    names = sorted(unique) if one_length else sorted(unique, key=entry_key)
-    datas = [unique[n] for n in names]
+    written = list(unique)
+    datas = [unique[n] for n in written]
     sizes = np.fromiter(map(len, datas), np.int64, len(datas))
     offsets = len(PACK_MAGIC) + np.cumsum(sizes) - sizes
     pack = b"".join([PACK_MAGIC, *datas])
+    # names of one length sort as their keys do
+    one_length = len({len(n) for n in unique}) <= 1
+    keyed = written if one_length else [entry_key(n) for n in written]
+    order = sorted(range(len(written)), key=keyed.__getitem__)
+    names = [written[i] for i in order]
     if one_length and names and len(names[0]) == 32:  # sample digests: no padding to do
         keys = bytes([32]) + bytes([32]).join(names)
     else:
         keys = b"".join([entry_key(n) for n in names])
+    at = np.array(order, np.int64)
     body = _IDX_HEAD.pack(IDX_MAGIC, len(names), len(pack)) + keys
-    body += offsets.astype("<u8").tobytes() + sizes.astype("<u8").tobytes()
+    body += offsets[at].astype("<u8").tobytes() + sizes[at].astype("<u8").tobytes()
     return pack, _sealed(body)
 
 

@@ -121,9 +121,19 @@ class PackSet:
         with self._lock:
             return list(self._units.values())
 
-    def locate(self, names: Sequence[bytes]) -> Located:
-        """Where each name is (a pack and a byte range), listing again on a miss."""
-        keys = np.array([entry_key(n) for n in names], f"S{KEY_BYTES}")
+    def locate(self, names: Sequence[bytes] | np.ndarray) -> Located:
+        """Where each name is (a pack and a byte range), listing again on a miss.
+
+        ``names`` may be an ``(n, 32)`` uint8 array of 32-byte names (sample
+        digests), turned into keys without a Python loop.
+        """
+        if isinstance(names, np.ndarray):
+            raw = np.empty((len(names), KEY_BYTES), np.uint8)
+            raw[:, 0] = 32
+            raw[:, 1:] = names
+            keys = raw.view(f"S{KEY_BYTES}").reshape(-1)
+        else:
+            keys = np.array([entry_key(n) for n in names], f"S{KEY_BYTES}")
         found = self._find(keys)
         if not found.found().all():
             self.refresh()

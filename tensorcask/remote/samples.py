@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -24,10 +24,13 @@ from ..storage.base import Payload
 __all__ = [
     "DATA_FOLDER",
     "Decoded",
+    "array_head",
+    "check_entries",
     "decode_batch",
     "decode_sample",
     "encode_rows",
     "encode_sample",
+    "entry_value",
 ]
 
 DATA_FOLDER = "data"
@@ -92,6 +95,26 @@ def decode_sample(entry: bytes, digest: bytes, where: str) -> tuple[str, Payload
     return kind, payload
 
 
+def entry_value(entry: bytes | memoryview) -> tuple[str, Payload]:
+    """``(kind, payload)`` of an entry already checked (ValueError if it is malformed)."""
+    try:
+        kind = _KINDS[entry[0]]
+        if kind != "ndarray":
+            return kind, bytes(entry[1:])
+        n = entry[1]
+        dtype = np.dtype(bytes(entry[2 : 2 + n]).decode())
+        ndim = entry[2 + n]
+        shape = struct.unpack_from(f"<{ndim}Q", entry, 3 + n)
+        return kind, np.frombuffer(entry, dtype, offset=3 + n + 8 * ndim).reshape(shape)
+    except (IndexError, ValueError, TypeError, struct.error) as exc:
+        raise ValueError(f"malformed sample entry: {exc}") from None
+
+
+def array_head(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    """The head of every entry of an array of ``dtype`` and ``shape``."""
+    return _array_head(dtype, shape)
+
+
 def _mismatch(digest: bytes, where: str) -> CorruptionError:
     return CorruptionError(
         f"sample {digest.hex()[:16]} in {where} does not hash to its digest; the remote is "
@@ -116,12 +139,13 @@ class Decoded:
     single: list[tuple[int, str, Payload]] = field(default_factory=list)
 
 
-def decode_batch(entries: Sequence[bytes | None], digests: Sequence[bytes], where: str) -> Decoded:
-    """Check each entry against its digest (CorruptionError naming ``where`` if one fails or
-    is missing) and decode them, arrays of one dtype and shape into one stacked array."""
-    heads: dict[bytes, tuple[np.dtype, tuple[int, ...], Any, int]] = {}
-    bodies: dict[bytes, tuple[list[int], list[memoryview]]] = {}
-    out = Decoded()
+def _checked(
+    entries: Sequence[bytes | memoryview | None], digests: Sequence[bytes], where: str
+) -> Iterator[tuple[int, bytes, memoryview] | tuple[int, str, Payload]]:
+    """Check each entry against its digest, yielding ``(i, array head, body)`` for arrays
+    and ``(i, kind, payload)`` for the rest (CorruptionError naming ``where`` if one fails
+    or is missing)."""
+    heads: dict[bytes, tuple[Any, int]] = {}
     for i, (entry, digest) in enumerate(zip(entries, digests, strict=True)):
         if entry is None:
             raise CorruptionError(
@@ -129,32 +153,60 @@ def decode_batch(entries: Sequence[bytes | None], digests: Sequence[bytes], wher
                 "to it; push the data again from a complete copy",
                 path=where,
             )
-        if not entry or entry[0] != 0:
-            out.single.append((i, *decode_sample(entry, digest, where)))
+        if not len(entry) or entry[0] != 0:
+            yield (i, *decode_sample(bytes(entry), digest, where))
             continue
         try:
             n = entry[1]
             size = 3 + n + 8 * entry[2 + n]
         except IndexError:
             size = len(entry) + 1
-        head = entry[:size]
+        head = bytes(entry[:size])
         info = heads.get(head)
         if info is None:
-            _, payload = decode_sample(entry, digest, where)  # checks it, or raises
+            _, payload = decode_sample(bytes(entry), digest, where)  # checks it, or raises
             arr = np.asarray(payload)
-            h = _prefix(arr.dtype.str, arr.shape)
-            info = heads[head] = (arr.dtype, arr.shape, h, arr.nbytes)
-        dtype, shape, prefix, nbytes = info
+            info = heads[head] = (_prefix(arr.dtype.str, arr.shape), arr.nbytes)
+        prefix, nbytes = info
         body = memoryview(entry)[size:]
         h = prefix.copy()
         h.update(body)
         if len(body) != nbytes or h.digest() != digest:
             raise _mismatch(digest, where)
-        positions, views = bodies.setdefault(head, ([], []))
+        yield i, head, body
+
+
+@lru_cache(maxsize=1024)
+def _head_info(head: bytes) -> tuple[np.dtype, tuple[int, ...]]:
+    """Dtype and shape of a checked array entry's head."""
+    n = head[1]
+    return np.dtype(head[2 : 2 + n].decode()), struct.unpack_from(f"<{head[2 + n]}Q", head, 3 + n)
+
+
+def check_entries(
+    entries: Sequence[bytes | memoryview | None], digests: Sequence[bytes], where: str
+) -> None:
+    """Check each entry against its digest (CorruptionError naming ``where`` if one fails
+    or is missing)."""
+    for _ in _checked(entries, digests, where):
+        pass
+
+
+def decode_batch(entries: Sequence[bytes | None], digests: Sequence[bytes], where: str) -> Decoded:
+    """Check each entry against its digest (CorruptionError naming ``where`` if one fails or
+    is missing) and decode them, arrays of one dtype and shape into one stacked array."""
+    out = Decoded()
+    bodies: dict[bytes, tuple[list[int], list[memoryview]]] = {}
+    for i, head_or_kind, body in _checked(entries, digests, where):
+        if isinstance(head_or_kind, str):
+            assert not isinstance(body, memoryview)
+            out.single.append((i, head_or_kind, body))
+            continue
+        positions, views = bodies.setdefault(head_or_kind, ([], []))
         positions.append(i)
-        views.append(body)
+        views.append(body)  # type: ignore[arg-type]
     for head, (positions, views) in bodies.items():
-        dtype, shape, _, _ = heads[head]
+        dtype, shape = _head_info(head)
         stacked = np.frombuffer(b"".join(views), dtype).reshape((len(positions), *shape))
         out.stacked.append((positions, stacked))
     return out

@@ -14,18 +14,81 @@ since.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
+import random
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from ..errors import CaskError, RemoteError
 
-__all__ = ["Transport", "open_transport"]
+__all__ = ["READ_ATTEMPTS", "Transport", "is_transient", "open_transport"]
 
 T = TypeVar("T")
+
+#: Attempts of a read that fails with a transient error (timeouts, 5xx, throttling)
+#: before it is reported, waiting ``BACKOFF * 2**n`` seconds (with jitter) in between.
+READ_ATTEMPTS = 6
+BACKOFF = 0.05
+_MAX_WAIT = 4.0
+
+_TRANSIENT_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "EBUSY", "EAGAIN", "ETIMEDOUT", "ECONNRESET", "ECONNABORTED", "ECONNREFUSED",
+        "EPIPE", "EREMOTEIO", "EIO", "ENETUNREACH", "EHOSTUNREACH",
+    )
+    if hasattr(errno, name)
+)  # fmt: skip
+_TRANSIENT_TYPES = frozenset(
+    {
+        "ClientPayloadError", "ClientOSError", "ServerDisconnectedError", "ServerTimeoutError",
+        "ConnectTimeoutError", "ReadTimeoutError", "EndpointConnectionError",
+        "ConnectionClosedError", "IncompleteRead", "ResponseStreamingError",
+        "FSTimeoutError", "ProtocolError", "ChunkedEncodingError",
+    }
+)  # fmt: skip
+_TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
+        "InternalError", "ServiceUnavailable", "RequestLimitExceeded", "TooManyRequests",
+    }
+)  # fmt: skip
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is worth retrying: a timeout, a dropped
+    connection, a 5xx answer or throttling, as fsspec filesystems report them."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, (FileNotFoundError, FileExistsError, PermissionError, CaskError)):
+            return False
+        if isinstance(e, (TimeoutError, ConnectionError)):
+            return True
+        if isinstance(e, OSError) and e.errno in _TRANSIENT_ERRNOS:
+            return True
+        if type(e).__name__ in _TRANSIENT_TYPES:
+            return True
+        response = getattr(e, "response", None)  # botocore's ClientError
+        if isinstance(response, dict):
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            code = response.get("Error", {}).get("Code")
+            if code in _TRANSIENT_CODES or status in (429, 500, 502, 503, 504):
+                return True
+        status = getattr(e, "status", None)  # aiohttp / http errors
+        if isinstance(status, int) and (status == 429 or 500 <= status < 600):
+            return True
+        todo += [e.__cause__, e.__context__]
+    return False
 
 
 class Transport:
@@ -54,18 +117,32 @@ class Transport:
         """Full path of ``relative`` under the root."""
         return f"{self.root}/{relative}" if relative else self.root
 
-    def _call(self, what: str, fn: Callable[[], T]) -> T:
-        try:
-            return fn()
-        except (FileNotFoundError, FileExistsError):
-            raise
-        except CaskError:
-            raise
-        except Exception as exc:  # network, permissions, throttling: all say where
-            raise RemoteError(
-                f"remote {self.url}: {what} failed: {type(exc).__name__}: {exc}; check the URL, "
-                "the storage options (credentials, endpoint_url) and the network, then retry"
-            ) from exc
+    def _call(self, what: str, fn: Callable[[], T], *, retry: bool = False) -> T:
+        """``fn()``, its errors made :class:`RemoteError` naming ``what``.
+
+        With ``retry`` (reads, which are idempotent) transient errors are
+        retried with exponential backoff, :data:`READ_ATTEMPTS` times in all.
+        """
+        attempts = READ_ATTEMPTS if retry else 1
+        for attempt in range(attempts):
+            try:
+                return fn()
+            except (FileNotFoundError, FileExistsError):
+                raise
+            except CaskError:
+                raise
+            except Exception as exc:  # network, permissions, throttling: all say where
+                if attempt + 1 < attempts and is_transient(exc):
+                    wait = min(BACKOFF * 2**attempt, _MAX_WAIT)
+                    time.sleep(wait * (0.5 + random.random()))
+                    continue
+                tried = f" (tried {attempt + 1} times)" if attempt else ""
+                raise RemoteError(
+                    f"remote {self.url}: {what} failed{tried}: {type(exc).__name__}: {exc}; "
+                    "check the URL, the storage options (credentials, endpoint_url) and the "
+                    "network, then retry"
+                ) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def list_files(self, relative: str) -> dict[str, int]:
         """Name -> size of the files directly in a folder (empty if it does not exist)."""
@@ -83,7 +160,7 @@ class Transport:
                 if e["type"] == "file"
             }
 
-        return self._call(f"listing {full}", run)
+        return self._call(f"listing {full}", run, retry=True)
 
     def first_files(self, relative: str, count: int) -> dict[str, int]:
         """Name -> size of at least the first ``count`` files (in name order) directly in a
@@ -107,7 +184,7 @@ class Transport:
                 for item in answer.get("Contents", [])
             }
 
-        return self._call(f"listing {full}", run)
+        return self._call(f"listing {full}", run, retry=True)
 
     def list_names(self, relative: str) -> list[str]:
         """Names of the files directly in a folder (empty if it does not exist)."""
@@ -130,11 +207,11 @@ class Transport:
                 if p.startswith(base)
             }
 
-        return self._call(f"listing {full}", run)
+        return self._call(f"listing {full}", run, retry=True)
 
     def cat(self, path: str) -> bytes:
         """The bytes of one object (``FileNotFoundError`` if absent)."""
-        return self._call(f"reading {path}", lambda: bytes(self.fs.cat_file(path)))
+        return self._call(f"reading {path}", lambda: bytes(self.fs.cat_file(path)), retry=True)
 
     def cat_many(self, paths: Sequence[str], sizes: Sequence[int] | None = None) -> list[bytes]:
         """The bytes of several objects, read concurrently where the filesystem allows.
@@ -162,7 +239,7 @@ class Transport:
                 out.append(bytes(value))
             return out
 
-        return self._call(f"reading {len(paths)} objects under {self.url}", run)
+        return self._call(f"reading {_many(paths)}", run, retry=True)
 
     def cat_ranges(
         self, paths: Sequence[str], starts: Sequence[int], ends: Sequence[int]
@@ -171,11 +248,12 @@ class Transport:
         if not paths:
             return []
         return self._call(
-            f"reading {len(paths)} ranges under {self.url}",
+            f"reading {_many(paths, 'ranges of ')}",
             lambda: [
                 bytes(b)
                 for b in self.fs.cat_ranges(list(paths), list(starts), list(ends), on_error="raise")
             ],
+            retry=True,
         )
 
     def put(self, path: str, data: bytes) -> None:
@@ -231,6 +309,12 @@ class Transport:
             return None
         except ValueError as exc:
             raise RemoteError(f"remote {self.url}: {path} is not valid JSON ({exc})") from exc
+
+
+def _many(paths: Sequence[str], what: str = "") -> str:
+    """``paths`` for a message: the first one, and how many others."""
+    others = len(set(paths)) - 1
+    return f"{what}{paths[0]}" + (f" and {others} more objects" if others > 0 else "")
 
 
 def _protocols(fs: Any) -> tuple[str, ...]:

@@ -1,0 +1,397 @@
+"""A loader source over a remote: some columns of one commit, read without a clone.
+
+:class:`StreamSource` is to a remote URL what
+:class:`~tensorcask.loaders.core.RepoSource` is to a local path, with the
+same surface (``commit``, ``columns``, ``index``, ``roots``, ``read``), so
+the torch and tf.data loaders take either. It resolves the commit once, at
+construction; opens the commit's tables
+(:mod:`tensorcask.streaming.table`); and reads samples piece by piece
+through a cache (:mod:`tensorcask.streaming.fetch`, :mod:`tensorcask.streaming.cache`).
+
+It pickles as its arguments, the commit id and the column roots (plus the
+tables themselves when there is no cache folder to load them from), and
+opens its own connection lazily in each process that reads, so it is safe
+with DataLoader workers under fork and spawn.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CorruptionError, sample_error
+from ..history.objects import ColumnRoot, CommitId
+from ..keys import Key, decode_key
+from ..remote.remote import Remote
+from ..remote.samples import array_head, check_entries, entry_value
+from ..repository import Repository
+from ..samples import Value, from_payload
+from ..streaming.cache import (
+    DEFAULT_DISK_LIMIT,
+    DEFAULT_MEMORY_LIMIT,
+    DiskCache,
+    MemoryCache,
+    PieceCache,
+)
+from ..streaming.fetch import Piece, PieceFetcher, Wanted
+from ..streaming.gather import distinct, gather_rows
+from ..streaming.pieces import PieceMap, check_piece
+from ..streaming.table import StreamTable, default_ref, missing_error, open_commit, stream_tables
+from ..table_cache import TableCache
+from .core import RepoSource, SampleIndex
+from .plan import checked_int
+
+__all__ = ["Source", "StreamSource", "is_url", "open_source"]
+
+_TABLES_SHARE = 8  # a cache folder gives 1/8 of its bound to tables, the rest to pieces
+_HOT_PIECES = 4096  # pieces a process holds in hand at most ...
+_HOT_BYTES = 256 << 20  # ... and bytes of them (also at most the cache's bound)
+
+
+def is_url(repo: object) -> bool:
+    """Whether a loader's first argument names a remote (``s3://...``, ``file://...``)."""
+    return isinstance(repo, str) and "://" in repo
+
+
+class _Opened:
+    """What one process holds open: the remote, the caches and the fetcher."""
+
+    def __init__(self, source: StreamSource) -> None:
+        self.pid = os.getpid()
+        self.remote = Remote("stream", source.url, source.storage_options)
+        limit = source.cache_limit_bytes
+        self.tables: TableCache | None = None
+        self.pieces: PieceCache
+        if source.cache_dir is None:
+            self.pieces = MemoryCache(limit)
+        else:
+            share = limit // _TABLES_SHARE
+            self.tables = TableCache(source.cache_dir / "tables", writable=True, limit=share)
+            self.pieces = DiskCache(source.cache_dir / "samples", limit - share)
+        self.fetcher = PieceFetcher(self.remote.data, self.pieces)
+        # Pieces in hand, by (column, piece): a batch whose pieces are all here asks
+        # neither the cache nor the fetcher. Bounded; cleared when full.
+        self.hot: dict[tuple[int, int], Piece] = {}
+        self._hot_bytes = 0
+        self._hot_limit = min(limit, _HOT_BYTES)
+
+    def keep(self, pieces: dict[tuple[int, int], Piece]) -> None:
+        """Hold sound pieces for the next batches."""
+        for key, piece in pieces.items():
+            if piece.damaged is not None:
+                continue
+            if len(self.hot) >= _HOT_PIECES or self._hot_bytes + len(piece.data) > self._hot_limit:
+                self.hot.clear()
+                self._hot_bytes = 0
+            self.hot[key] = piece
+            self._hot_bytes += len(piece.data)
+
+
+class StreamSource:
+    """Some columns of one commit of a remote, read by ranged reads through a cache.
+
+    Parameters
+    ----------
+    url:
+        The remote's URL (any fsspec URL: ``s3://bucket/prefix``, ``file:///path``).
+    columns:
+        Column names, in the order samples yield them.
+    commit:
+        Any ref of the remote; resolved once, here, to a full commit id.
+        Default: the remote's ``main`` branch now.
+    keys:
+        Restrict and order the samples (default: keys present in every
+        column, sorted).
+    storage_options:
+        Passed to fsspec (``endpoint_url``, credentials, ...).
+    cache_dir:
+        A folder for checked pieces and tables, shared by every process that
+        names it; None keeps pieces in each process's memory.
+    cache_limit_bytes:
+        The cache's bound (default 16 GiB on disk, 512 MiB in memory).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        columns: Sequence[str],
+        commit: str | None = None,
+        keys: Sequence[Key] | np.ndarray | None = None,
+        *,
+        storage_options: dict[str, Any] | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        cache_limit_bytes: int | None = None,
+    ) -> None:
+        if isinstance(columns, str):
+            raise TypeError("columns must be a list of column names, not one str")
+        if not columns:
+            raise ValueError("name at least one column")
+        self.url = url
+        self.storage_options = dict(storage_options or {})
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        default = DEFAULT_MEMORY_LIMIT if cache_dir is None else DEFAULT_DISK_LIMIT
+        self.cache_limit_bytes = (
+            default
+            if cache_limit_bytes is None
+            else checked_int(cache_limit_bytes, "cache_limit_bytes", 1)
+        )
+        self.columns = list(columns)
+        self.keys = (
+            None
+            if keys is None
+            else (keys.tolist() if isinstance(keys, np.ndarray) else list(keys))
+        )
+        opened = _Opened(self)
+        opened.remote.require()
+        ref = commit if commit is not None else default_ref(opened.remote)
+        self.commit: CommitId
+        self.commit, found = open_commit(opened.remote, ref)
+        missing = [c for c in self.columns if c not in found]
+        if missing:
+            raise KeyError(
+                f"commit {self.commit[:12]} of {url} has no column {missing[0]!r} (columns: "
+                f"{', '.join(sorted(found)) or 'none'})"
+            )
+        self._roots = [found[c] for c in self.columns]
+        self._opened: _Opened | None = opened
+        self._tables = stream_tables(opened.remote, self._roots, opened.tables)
+        self._index = SampleIndex(self.columns, self._tables, self.keys)
+
+    @property
+    def path(self) -> str:
+        """The remote's URL (what ``repr`` of a dataset shows)."""
+        return self.url
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "storage_options": self.storage_options,
+            "cache_dir": None if self.cache_dir is None else str(self.cache_dir),
+            "cache_limit_bytes": self.cache_limit_bytes,
+            "columns": self.columns,
+            "commit": self.commit,
+            "keys": self.keys,
+            "roots": self._roots,
+            # without a cache folder to load them from, the tables travel along
+            "tables": None if self.cache_dir is not None else [t.arrays() for t in self._tables],
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.url = state["url"]
+        self.storage_options = state["storage_options"]
+        self.cache_dir = None if state["cache_dir"] is None else Path(state["cache_dir"])
+        self.cache_limit_bytes = state["cache_limit_bytes"]
+        self.columns = state["columns"]
+        self.commit = state["commit"]
+        self.keys = state["keys"]
+        self._roots = state["roots"]
+        self._opened = None
+        arrays = state["tables"]
+        if arrays is None:
+            self._tables = stream_tables(self._state().remote, self._roots, self._state().tables)
+        else:
+            self._tables = [
+                StreamTable(a, r.schema, r.count, PieceMap.from_arrays(a))
+                for a, r in zip(arrays, self._roots, strict=True)
+            ]
+        self._index = SampleIndex(self.columns, self._tables, self.keys)
+
+    def _state(self) -> _Opened:
+        opened = self._opened
+        if opened is None or opened.pid != os.getpid():  # a new process: its own connection
+            opened = self._opened = _Opened(self)
+        return opened
+
+    @property
+    def index(self) -> SampleIndex[StreamTable]:
+        """The sample index."""
+        return self._index
+
+    @property
+    def roots(self) -> list[ColumnRoot]:
+        """The column roots of the named columns, in order."""
+        return list(self._roots)
+
+    @property
+    def tables(self) -> list[StreamTable]:
+        """The streaming tables of the named columns, in order."""
+        return list(self._tables)
+
+    @property
+    def fetcher(self) -> PieceFetcher:
+        """This process's piece fetcher (its cache, its request count)."""
+        return self._state().fetcher
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    # -- reading ---------------------------------------------------------
+
+    def _records(self, indices: Sequence[int] | np.ndarray) -> list[np.ndarray]:
+        index = self._index
+        at = np.asarray(indices, dtype=np.intp).reshape(-1)
+        if at.size and (int(at.min()) < 0 or int(at.max()) >= len(index)):
+            bad = int(at.min()) if int(at.min()) < 0 else int(at.max())
+            raise IndexError(f"sample index {bad} is out of range for {len(index)} samples")
+        return [at if p is None else p[at] for p in index.positions]
+
+    def _pieces(self, c: int, records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct pieces of some records of column ``c`` and, per record, which one
+        (CorruptionError naming the key of a record the remote has no bytes for)."""
+        table = self._tables[c]
+        missing = table.missing(records)
+        if missing is not None:
+            key = decode_key(table.key(missing))
+            raise missing_error(self.url, self.columns[c], key, self.commit)
+        return distinct(table.pieces.record_piece[records])
+
+    def _wanted(self, c: int, piece: int) -> Wanted:
+        table = self._tables[c]
+        pm = table.pieces
+        return Wanted(
+            pm.name(piece),
+            pm.pack(piece),
+            int(pm.piece_start[piece]),
+            int(pm.piece_end[piece]),
+            functools.partial(self._check, table, piece),
+        )
+
+    def _check(self, table: StreamTable, piece: int, data: bytes) -> None:
+        check_piece(data, table.pieces, piece, self._where(table, piece))
+
+    def _where(self, table: StreamTable, piece: int) -> str:
+        return f"{self.url} data pack {table.pieces.pack(piece)}"
+
+    def prefetch(self, indices: Sequence[int] | np.ndarray) -> None:
+        """Start fetching the pieces of ``indices`` in the background (for later reads)."""
+        try:
+            records = self._records(indices)
+            state = self._state()
+            wanted = [
+                self._wanted(c, p)
+                for c, recs in enumerate(records)
+                for p in self._pieces(c, recs)[0].tolist()
+                if (c, p) not in state.hot
+            ]
+        except (IndexError, CorruptionError):
+            return  # the read itself will say so
+        if wanted:
+            state.fetcher.prefetch(wanted)
+
+    def read(self, indices: Sequence[int] | np.ndarray) -> list[np.ndarray | list[Value]]:
+        """The samples at ``indices``: one stacked array per fixed-shape column, a list of
+        values for the others, in column order."""
+        records = self._records(indices)
+        state = self._state()
+        plans = [self._pieces(c, recs) for c, recs in enumerate(records)]
+        wanted = {
+            (c, p): self._wanted(c, p)
+            for c, (uniq, _) in enumerate(plans)
+            for p in uniq.tolist()
+            if (c, p) not in state.hot
+        }
+        got = state.fetcher.get(list(wanted.values())) if wanted else {}
+        fetched = {key: got[w.name] for key, w in wanted.items()}
+        state.keep(fetched)
+        out = []
+        for c, (recs, (uniq, inverse)) in enumerate(zip(records, plans, strict=True)):
+            pieces = [state.hot.get((c, p)) or fetched[c, p] for p in uniq.tolist()]
+            out.append(self._column(c, recs, pieces, inverse))
+        return out
+
+    def _column(
+        self, c: int, records: np.ndarray, pieces: list[Piece], inverse: np.ndarray
+    ) -> np.ndarray | list[Value]:
+        table = self._tables[c]
+        pm = table.pieces
+        for g, piece in enumerate(pieces):
+            if piece.damaged is not None:
+                for record in records[inverse == g].tolist():
+                    self._check_alone(c, record, piece)
+        views = [p.data for p in pieces]
+        rel = pm.record_rel[records]
+        sizes = pm.record_size[records]
+        schema = table.schema
+        if schema.kind == "ndarray" and schema.fixed:
+            dtype = schema.np_dtype
+            shape = tuple(int(d) for d in schema.shape or () if d is not None)
+            body = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+            rows = gather_rows(views, inverse, rel, sizes, array_head(dtype, shape), body)
+            if rows is not None:
+                return rows.view(dtype).reshape((len(records), *shape))
+        out: list[Value] = []
+        for g, start, size in zip(inverse.tolist(), rel.tolist(), sizes.tolist(), strict=True):
+            _, payload = entry_value(views[g][start : start + size])
+            out.append(from_payload(schema, payload))
+        return out
+
+    def _check_alone(self, c: int, record: int, piece: Piece) -> None:
+        """Check one record of a piece that failed its check (CorruptionError naming the
+        column and key if it is the damaged one)."""
+        table = self._tables[c]
+        pm = table.pieces
+        p = int(pm.record_piece[record])
+        names, rel, sizes = pm.entries(p)
+        at = int(np.searchsorted(rel, pm.record_rel[record]))
+        start, size = int(rel[at]), int(sizes[at])
+        try:
+            check_entries(
+                [piece.data[start : start + size]], [names[at].tobytes()], self._where(table, p)
+            )
+        except CorruptionError as exc:
+            key = decode_key(table.key(record))
+            raise sample_error(exc, self.columns[c], key, self.commit) from exc
+
+    def close(self) -> None:
+        """Stop this process's background prefetching."""
+        if self._opened is not None and self._opened.pid == os.getpid():
+            self._opened.fetcher.close()
+
+
+Source = RepoSource | StreamSource
+"""What a dataset reads from: a local repository or a remote."""
+
+
+def open_source(
+    repo: str | os.PathLike[str] | Repository,
+    columns: Sequence[str],
+    commit: str | None = None,
+    keys: Sequence[Key] | np.ndarray | None = None,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    cache_limit_bytes: int | None = None,
+) -> Source:
+    """The source of a dataset: a :class:`StreamSource` for a URL, else a local
+    :class:`~tensorcask.loaders.core.RepoSource`."""
+    if is_url(repo):
+        assert isinstance(repo, str)
+        return StreamSource(
+            repo,
+            columns,
+            commit,
+            keys,
+            storage_options=storage_options,
+            cache_dir=cache_dir,
+            cache_limit_bytes=cache_limit_bytes,
+        )
+    given = [
+        name
+        for name, value in (
+            ("storage_options", storage_options),
+            ("cache_dir", cache_dir),
+            ("cache_limit_bytes", cache_limit_bytes),
+        )
+        if value is not None
+    ]
+    if given:
+        raise TypeError(
+            f"{given[0]}= applies to a remote URL (s3://..., file://...), not to the local "
+            f"repository {os.fspath(repo) if not isinstance(repo, Repository) else repo.path}"
+        )
+    return RepoSource(repo, columns, commit, keys)
