@@ -211,13 +211,17 @@ class Transport:
 
     def cat(self, path: str) -> bytes:
         """The bytes of one object (``FileNotFoundError`` if absent)."""
-        return self._call(f"reading {path}", lambda: bytes(self.fs.cat_file(path)), retry=True)
+        # s3fs asks for the size first (a HEAD) unless told to read in one request
+        extra = {"max_concurrency": 1} if self.s3 else {}
+        return self._call(
+            f"reading {path}", lambda: bytes(self.fs.cat_file(path, **extra)), retry=True
+        )
 
     def cat_many(self, paths: Sequence[str], sizes: Sequence[int] | None = None) -> list[bytes]:
         """The bytes of several objects, read concurrently where the filesystem allows.
 
         With their ``sizes`` (from a listing) each object is one ranged read;
-        without, some filesystems ask for the size first (S3: a HEAD each).
+        without, one read each as well (S3: no HEAD first).
         """
         if not paths:
             return []
@@ -228,7 +232,8 @@ class Transport:
             return got
 
         def run() -> list[bytes]:
-            got = self.fs.cat(list(paths), on_error="return")
+            extra = {"max_concurrency": 1} if self.s3 else {}  # no HEAD before each GET
+            got = self.fs.cat(list(paths), on_error="return", **extra)
             out = []
             for p in paths:
                 value = got.get(p)  # keyed by the paths asked (no protocol), as the root is

@@ -1,14 +1,17 @@
 """Pieces: what a streaming reader downloads, checks and caches at a time.
 
-A sample is a few hundred bytes to a few megabytes; a request to object
-storage costs milliseconds whatever it returns. So a streaming reader never
-asks for one sample: it asks for the *piece* of a data pack that holds it.
-Piece ``k`` of a pack holds the entries whose first byte lies in
+A sample is a few bytes to a few megabytes; a request to object storage
+costs milliseconds whatever it returns. So a streaming reader does not ask
+for a small sample alone: it asks for the *piece* of a data pack that holds
+it. Piece ``k`` of a pack holds the small entries (under
+:data:`LARGE_ENTRY` bytes) whose first byte lies in
 ``[k * PIECE_BYTES, (k + 1) * PIECE_BYTES)`` and spans from the first one's
-start to the last one's end. The cut depends only on the pack's index, so
-every process, worker and job agrees on it, and pieces are named by their
-pack and byte range (:func:`piece_name`): a cache shared by several jobs
-holds each piece once, whichever commit or column asked for it.
+start to the last one's end; a larger entry is a piece of its own, so a
+rank that reads every other large sample fetches only its own. The cut
+depends only on the pack's index, so every process, worker and job agrees
+on it, and pieces are named by their pack and byte range
+(:func:`piece_name`): a cache shared by several jobs holds each piece once,
+whichever commit or column asked for it.
 
 A push writes a column's samples in key order (``docs/remote-format.md``),
 so reading a column in order reads pieces in order, and neighbouring pieces
@@ -30,10 +33,15 @@ import numpy as np
 from ..remote.packs import PackIndex
 from ..remote.samples import check_entries
 
-__all__ = ["PIECE_BYTES", "PieceMap", "check_piece", "map_pieces", "piece_name"]
+__all__ = ["LARGE_ENTRY", "PIECE_BYTES", "PieceMap", "check_piece", "map_pieces", "piece_name"]
 
-#: Entries starting within this many bytes of each other share a piece.
+#: Small entries starting in one window of this many bytes share a piece.
 PIECE_BYTES = 1 << 18
+#: Entries of at least this many bytes are pieces of their own.
+LARGE_ENTRY = 1 << 15
+
+_PACK_SHIFT = 42  # a piece's key: its pack, whether it is one large entry, and where
+_SOLO = 1 << 41
 
 _NAME_BYTES = 32  # sample digests
 
@@ -132,8 +140,7 @@ def map_pieces(
     ids = np.array([packs[int(p)][0].encode() for p in used_packs], "S64")
     local = np.full(len(packs), -1, np.int64)
     local[used_packs] = np.arange(len(used_packs))
-    # a piece's key: its pack (as a position in ids) and number, in one int64
-    rec_key = np.where(found, local[record_pack] * (1 << 40) + record_offset // PIECE_BYTES, -1)
+    rec_key = np.where(found, _keys(local[record_pack], record_offset, record_size), -1)
     wanted = np.unique(rec_key[found])
     names, offsets, sizes, keys = _entries_of(indexes, ids, wanted)
     order = np.lexsort((offsets, keys))
@@ -153,7 +160,7 @@ def map_pieces(
     record_rel[found] = record_offset[found] - piece_start[record_piece[found]]
     return PieceMap(
         packs=ids,
-        piece_pack=(wanted >> 40).astype(np.int32),
+        piece_pack=(wanted >> _PACK_SHIFT).astype(np.int32),
         piece_start=piece_start.astype(np.int64),
         piece_end=piece_end.astype(np.int64),
         entry_first=np.append(first, len(keys)).astype(np.int64),
@@ -164,6 +171,15 @@ def map_pieces(
         record_rel=record_rel,
         record_size=np.where(found, record_size, 0).astype(np.int64),
     )
+
+
+def _keys(pack: np.ndarray, offset: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """The piece of each entry as one int64: its pack (a position in the map's ``packs``),
+    then a large entry's own offset or a small one's window."""
+    pack = np.maximum(pack, 0).astype(np.int64)  # absent records' keys are masked by callers
+    small = offset.astype(np.int64) // PIECE_BYTES
+    solo = _SOLO | offset.astype(np.int64)
+    return (pack << _PACK_SHIFT) | np.where(size >= LARGE_ENTRY, solo, small)
 
 
 def _entries_of(
@@ -191,7 +207,7 @@ def _entries_of(
             to_local[j] = at
         where = to_local[index.entry_pack]
         rows = np.flatnonzero(where >= 0)
-        keys = where[rows] * (1 << 40) + index.offsets[rows] // PIECE_BYTES
+        keys = _keys(where[rows], index.offsets[rows], index.sizes[rows])
         keep = np.isin(keys, wanted)
         rows, keys = rows[keep], keys[keep]
         raw = index.keys[rows].view(np.uint8).reshape(len(rows), -1)

@@ -26,7 +26,7 @@ from ..history.refs import HEADS
 from ..locations import KeyedTable, key_arrays
 from ..remote.remote import Remote
 from ..table_cache import TableCache
-from .pieces import PIECE_BYTES, PieceMap, map_pieces
+from .pieces import LARGE_ENTRY, PIECE_BYTES, PieceMap, map_pieces
 
 __all__ = ["StreamTable", "open_commit", "stream_tables"]
 
@@ -115,7 +115,13 @@ def stream_tables(
     from the remote (all columns at once) and saved."""
     out: dict[int, StreamTable] = {}
     stamps = [
-        {"format": _FORMAT, "root": r.hash.hex(), "count": r.count, "piece": PIECE_BYTES}
+        {
+            "format": _FORMAT,
+            "root": r.hash.hex(),
+            "count": r.count,
+            "piece": PIECE_BYTES,
+            "large": LARGE_ENTRY,
+        }
         for r in roots
     ]
     if cache is not None:
