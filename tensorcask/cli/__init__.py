@@ -7,8 +7,8 @@ stderr; usage errors exit with status 2 (argparse's convention).
 
 This module builds the parser from the command modules and runs it; the
 imports form a tree: this module -> :mod:`.repo_commands`,
-:mod:`.history_commands`, :mod:`.remote_commands` -> :mod:`._common`. Nothing
-below imports this module.
+:mod:`.history_commands`, :mod:`.stream_commands` -> :mod:`.remote_commands`
+-> :mod:`._common`. Nothing below imports this module.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from ._common import PROG, Handler, one_line, print_error
 from .history_commands import add_history_commands
 from .remote_commands import add_remote_commands
 from .repo_commands import add_maintenance_commands, add_repo_commands
+from .stream_commands import add_stream_commands
 
 __all__ = ["main"]
 
@@ -63,6 +64,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_history_commands(subs)  # branch, tag, diff, merge
     add_maintenance_commands(subs)  # summary, verify, gc, lock release
     add_remote_commands(subs)  # remote, push, fetch, clone
+    add_stream_commands(subs)  # warm
     return parser
 
 

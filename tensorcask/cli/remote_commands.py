@@ -33,6 +33,7 @@ from ._common import (
 )
 
 __all__ = [
+    "add_option_argument",
     "add_remote_commands",
     "cmd_clone",
     "cmd_fetch",
@@ -315,7 +316,8 @@ def cmd_clone(args: argparse.Namespace) -> int:
 # -- registration -------------------------------------------------------------------
 
 
-def _add_option_argument(p: argparse.ArgumentParser) -> None:
+def add_option_argument(p: argparse.ArgumentParser) -> None:
+    """Add ``-o KEY=VALUE`` (storage options, repeatable) to a command."""
     p.add_argument(
         "-o",
         "--option",
@@ -335,7 +337,7 @@ def add_remote_commands(subs: Any) -> None:
     p = add_command(remote_subs, "add", cmd_remote_add, "remember a remote (any fsspec URL)")
     p.add_argument("name", metavar="NAME")
     p.add_argument("url", metavar="URL", help="s3://bucket/prefix, file:///path, a local path, ...")
-    _add_option_argument(p)
+    add_option_argument(p)
     p = add_command(remote_subs, "remove", cmd_remote_remove, "forget a remote")
     p.add_argument("name", metavar="NAME")
     p = add_command(remote_subs, "list", cmd_remote_list, "list remotes (the default)")
@@ -374,6 +376,6 @@ def add_remote_commands(subs: Any) -> None:
     p.add_argument("url", metavar="URL")
     p.add_argument("path", nargs="?", metavar="PATH", help="default: the URL's last component")
     p.add_argument("--partial", action="store_true", help="history only; data on demand")
-    _add_option_argument(p)
+    add_option_argument(p)
     p.add_argument("--user-name", metavar="N", help="author name (default: git, then env)")
     p.add_argument("--user-email", metavar="E", help="author email (default: git, then env)")

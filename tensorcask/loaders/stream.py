@@ -16,9 +16,11 @@ with DataLoader workers under fork and spawn.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +48,7 @@ from ..table_cache import TableCache
 from .core import RepoSource, SampleIndex
 from .plan import checked_int
 
-__all__ = ["Source", "StreamSource", "is_url", "open_source"]
+__all__ = ["Source", "StreamSource", "WarmResult", "is_url", "open_source", "warm_cache"]
 
 _TABLES_SHARE = 8  # a cache folder gives 1/8 of its bound to tables, the rest to pieces
 _HOT_PIECES = 4096  # pieces a process holds in hand at most ...
@@ -56,6 +58,30 @@ _HOT_BYTES = 256 << 20  # ... and bytes of them (also at most the cache's bound)
 def is_url(repo: object) -> bool:
     """Whether a loader's first argument names a remote (``s3://...``, ``file://...``)."""
     return isinstance(repo, str) and "://" in repo
+
+
+@dataclass(frozen=True)
+class WarmResult:
+    """What :func:`warm_cache` did.
+
+    Attributes
+    ----------
+    commit:
+        The full id of the commit whose samples were cached.
+    samples:
+        Samples whose pieces are now cached (unless the bound is smaller than the data).
+    requests, bytes:
+        Ranged reads issued and bytes downloaded (0 when all was cached already).
+    cached, limit:
+        Bytes the cache holds now (pieces and tables), and its bound.
+    """
+
+    commit: str
+    samples: int
+    requests: int
+    bytes: int
+    cached: int
+    limit: int
 
 
 class _Opened:
@@ -347,6 +373,40 @@ class StreamSource:
             key = decode_key(table.key(record))
             raise sample_error(exc, self.columns[c], key, self.commit) from exc
 
+    def warm(
+        self, progress: Callable[[int, int], None] | None = None, batch: int = 4096
+    ) -> WarmResult:
+        """Fetch every sample's pieces into the cache (without decoding them).
+
+        ``progress(done, total)`` is called after each batch of samples.
+        """
+        state = self._state()
+        fetcher = state.fetcher
+        requests, fetched = fetcher.requests, fetcher.bytes
+        n = len(self)
+        for low in range(0, n, batch):
+            records = self._records(np.arange(low, min(low + batch, n)))
+            wanted = [
+                self._wanted(c, p)
+                for c, recs in enumerate(records)
+                for p in self._pieces(c, recs)[0].tolist()
+            ]
+            got = fetcher.get(wanted)
+            if any(p.damaged is not None for p in got.values()):
+                self.read(np.arange(low, min(low + batch, n)))  # raises, naming the sample
+            if progress is not None:
+                progress(min(low + batch, n), n)
+        return WarmResult(
+            commit=self.commit,
+            samples=n,
+            requests=fetcher.requests - requests,
+            bytes=fetcher.bytes - fetched,
+            cached=state.pieces.usage()
+            if self.cache_dir is None
+            else _folder_bytes(self.cache_dir),
+            limit=self.cache_limit_bytes,
+        )
+
     def close(self) -> None:
         """Stop this process's background prefetching."""
         if self._opened is not None and self._opened.pid == os.getpid():
@@ -395,3 +455,46 @@ def open_source(
             f"repository {os.fspath(repo) if not isinstance(repo, Repository) else repo.path}"
         )
     return RepoSource(repo, columns, commit, keys)
+
+
+def _folder_bytes(folder: Path) -> int:
+    """Bytes of the files below ``folder``."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.stat(os.path.join(root, name)).st_size
+    return total
+
+
+def warm_cache(
+    url: str,
+    columns: Sequence[str],
+    commit: str | None = None,
+    *,
+    cache_dir: str | os.PathLike[str],
+    storage_options: dict[str, Any] | None = None,
+    cache_limit_bytes: int | None = None,
+    keys: Sequence[Key] | np.ndarray | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> WarmResult:
+    """Fetch the samples of ``columns`` at ``commit`` of a remote into ``cache_dir``, so
+    that the datasets of a training job read them at local speed from the first epoch.
+
+    Arguments as for :class:`StreamSource`; ``progress(done, total)`` is called as
+    samples are cached. A sample whose bytes fail their hash raises
+    :class:`~tensorcask.errors.CorruptionError`.
+    """
+    source = StreamSource(
+        url,
+        columns,
+        commit,
+        keys,
+        storage_options=storage_options,
+        cache_dir=cache_dir,
+        cache_limit_bytes=cache_limit_bytes,
+    )
+    try:
+        return source.warm(progress)
+    finally:
+        source.close()

@@ -71,7 +71,8 @@ class PieceFetcher:
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._queued = 0
-        self.requests = 0  # ranged reads issued (for tests and benchmarks)
+        self.requests = 0  # ranged reads issued by this process ...
+        self.bytes = 0  # ... and the bytes they returned
 
     def get(self, wanted: Sequence[Wanted]) -> dict[str, Piece]:
         """Every wanted piece, by name (fetching what the cache lacks, in parallel)."""
@@ -144,6 +145,7 @@ class PieceFetcher:
                 blocks = self.packs.transport.cat_ranges(paths, starts, ends)
             except FileNotFoundError as exc:
                 raise remote_gone(self.packs.transport.url, str(exc)) from exc
+            self.bytes += sum(map(len, blocks))
             for group, start, block in zip(ranges, starts, blocks, strict=True):
                 view = memoryview(block)
                 for w in group:
