@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,12 +85,23 @@ class WarmResult:
     limit: int
 
 
+_OPENING = threading.Lock()  # tf.data reads from several threads at once
+
+
+def _fresh_lock_after_fork() -> None:
+    global _OPENING  # a lock held by another thread at the fork would never be released
+    _OPENING = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_lock_after_fork)
+
+
 class _Opened:
     """What one process holds open: the remote, the caches and the fetcher."""
 
     def __init__(self, source: StreamSource) -> None:
         self.pid = os.getpid()
-        self.remote = Remote("stream", source.url, source.storage_options)
+        self.remote = Remote("", source.url, source.storage_options)
         limit = source.cache_limit_bytes
         self.tables: TableCache | None = None
         self.pieces: PieceCache
@@ -229,9 +241,13 @@ class StreamSource:
 
     def _state(self) -> _Opened:
         opened = self._opened
-        if opened is None or opened.pid != os.getpid():  # a new process: its own connection
-            opened = self._opened = _Opened(self)
-        return opened
+        if opened is not None and opened.pid == os.getpid():
+            return opened
+        with _OPENING:  # a new process (or a fresh copy): its own connection, opened once
+            opened = self._opened
+            if opened is None or opened.pid != os.getpid():
+                opened = self._opened = _Opened(self)
+            return opened
 
     @property
     def index(self) -> SampleIndex[StreamTable]:

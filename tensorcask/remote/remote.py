@@ -35,7 +35,8 @@ class Remote:
     Parameters
     ----------
     name:
-        The name the local repository knows it by (``origin``).
+        The name the local repository knows it by (``origin``); empty for a URL
+        given to a loader.
     url:
         Any fsspec URL (``s3://bucket/prefix``, ``file:///path``, ``memory://x``).
     storage_options:
@@ -54,6 +55,12 @@ class Remote:
 
     def __repr__(self) -> str:
         return f"<Remote {self.name!r} {self.url}>"
+
+    @property
+    def label(self) -> str:
+        """How messages name the remote: ``remote 'origin' at URL`` (``remote URL`` when
+        it has no name: a URL given to a loader)."""
+        return f"remote {self.name!r} at {self.url}" if self.name else f"remote {self.url}"
 
     def check_format(self, *, create: bool) -> bool:
         """Whether a tensorcask remote is there (creating its marker if ``create``).
@@ -79,7 +86,7 @@ class Remote:
         version = doc.get("version")
         if not isinstance(version, int) or version > REMOTE_FORMAT:
             raise RemoteError(
-                f"remote {self.name!r} at {self.url} has format {version!r}; this tensorcask "
+                f"{self.label} has format {version!r}; this tensorcask "
                 f"reads format {REMOTE_FORMAT}: `pip install -U tensorcask`"
             )
         self._format_seen = True  # a marker, once there, never changes: read it once
@@ -89,7 +96,7 @@ class Remote:
         """Raise :class:`RemoteError` if nothing was ever pushed to the remote."""
         if not self.check_format(create=False):
             raise RemoteError(
-                f"remote {self.name!r} at {self.url} holds no tensorcask repository yet; "
+                f"{self.label} holds no tensorcask repository yet; "
                 "push to it first, or check the URL"
             )
 
