@@ -44,7 +44,7 @@ from ..streaming.cache import (
 from ..streaming.fetch import Piece, PieceFetcher, Wanted
 from ..streaming.gather import distinct, gather_rows
 from ..streaming.pieces import PieceMap, check_piece
-from ..streaming.table import StreamTable, default_ref, missing_error, open_commit, stream_tables
+from ..streaming.table import StreamTable, default_commit, missing_error, open_commit, stream_tables
 from ..table_cache import TableCache
 from .core import RepoSource, SampleIndex
 from .plan import checked_int
@@ -186,7 +186,7 @@ class StreamSource:
         )
         opened = _Opened(self)
         opened.remote.require()
-        ref = commit if commit is not None else default_ref(opened.remote)
+        ref = commit if commit is not None else default_commit(opened.remote)
         self.commit: CommitId
         self.commit, found = open_commit(opened.remote, ref)
         missing = [c for c in self.columns if c not in found]
@@ -331,20 +331,24 @@ class StreamSource:
         records = self._records(indices)
         state = self._state()
         plans = [self._pieces(c, recs) for c, recs in enumerate(records)]
-        wanted = {
-            (c, p): self._wanted(c, p)
-            for c, (uniq, _) in enumerate(plans)
-            for p in uniq.tolist()
-            if (c, p) not in state.hot
-        }
-        got = state.fetcher.get(list(wanted.values())) if wanted else {}
-        fetched = {key: got[w.name] for key, w in wanted.items()}
-        state.keep(fetched)
-        out = []
-        for c, (recs, (uniq, inverse)) in enumerate(zip(records, plans, strict=True)):
-            pieces = [state.hot.get((c, p)) or fetched[c, p] for p in uniq.tolist()]
-            out.append(self._column(c, recs, pieces, inverse))
-        return out
+        held: dict[tuple[int, int], Piece] = {}
+        wanted: dict[tuple[int, int], Wanted] = {}
+        for c, (uniq, _) in enumerate(plans):
+            for p in uniq.tolist():
+                piece = state.hot.get((c, p))  # taken now: keep() below may clear the dict
+                if piece is None:
+                    wanted[c, p] = self._wanted(c, p)
+                else:
+                    held[c, p] = piece
+        if wanted:
+            got = state.fetcher.get(list(wanted.values()))
+            fetched = {key: got[w.name] for key, w in wanted.items()}
+            state.keep(fetched)
+            held.update(fetched)
+        return [
+            self._column(c, recs, [held[c, p] for p in uniq.tolist()], inverse)
+            for c, (recs, (uniq, inverse)) in enumerate(zip(records, plans, strict=True))
+        ]
 
     def _column(
         self, c: int, records: np.ndarray, pieces: list[Piece], inverse: np.ndarray

@@ -217,8 +217,14 @@ class DiskCache(PieceCache):
                 if usage + size > self.limit:
                     usage = self._evict(size)
                 path.parent.mkdir(exist_ok=True)
-                os.replace(tmp, path)
+                # counted before it appears: a writer killed in between leaves the ledger
+                # high (the next eviction recounts), never low (which would break the bound)
                 self._write_usage(usage + size)
+                try:
+                    os.replace(tmp, path)
+                except OSError:
+                    self._write_usage(usage)
+                    raise
         except OSError:
             return  # a full or read-only disk: read on without caching
         finally:

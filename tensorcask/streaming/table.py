@@ -28,7 +28,14 @@ from ..remote.remote import Remote
 from ..table_cache import TableCache
 from .pieces import LARGE_ENTRY, PIECE_BYTES, PieceMap, map_pieces
 
-__all__ = ["StreamTable", "open_commit", "stream_tables"]
+__all__ = [
+    "StreamTable",
+    "default_commit",
+    "missing_error",
+    "open_commit",
+    "remote_gone",
+    "stream_tables",
+]
 
 _FORMAT = "stream-1"
 _FULL_ID = re.compile(r"[0-9a-fA-F]{40}")
@@ -97,13 +104,14 @@ def open_commit(remote: Remote, ref: str) -> tuple[CommitId, dict[str, ColumnRoo
     }
 
 
-def default_ref(remote: Remote) -> str:
-    """The ref a dataset reads when given none: the remote's ``main`` branch."""
-    if remote.refs.get(HEADS + "main") is None:
+def default_commit(remote: Remote) -> CommitId:
+    """What a dataset reads when given no commit: the head of the remote's ``main``."""
+    head = remote.refs.get(HEADS + "main")
+    if head is None:
         raise RefNotFoundError(
             f"remote {remote.url} has no branch 'main'; pass commit= (a commit id, branch or tag)"
         )
-    return "main"
+    return head
 
 
 def stream_tables(
