@@ -42,7 +42,7 @@ from .storage.content import ContentStore
 from .storage.lock import WriterLock
 from .table_cache import TableCache
 
-__all__ = ["FORMAT_TEXT", "FORMAT_VERSION", "RepositoryParts", "read_format"]
+__all__ = ["FORMAT_TEXT", "FORMAT_VERSION", "RepositoryParts", "read_format", "tree_bytes"]
 
 DEFAULT_TABLE_CACHE_BYTES = 256 << 20
 FORMAT_VERSION = 1
@@ -183,7 +183,7 @@ class RepositoryParts:
         configured = self.config().get("table_cache_limit")
         if isinstance(configured, int):
             return configured
-        return max(DEFAULT_TABLE_CACHE_BYTES, 2 * _tree_bytes(self.path / DATA_DIR))
+        return max(DEFAULT_TABLE_CACHE_BYTES, 2 * tree_bytes(self.path / DATA_DIR))
 
     def head(self, branch: str) -> CommitId | None:
         """The head commit of ``branch``, or None."""
@@ -214,7 +214,7 @@ class RepositoryParts:
         self.db.close()
 
 
-def _tree_bytes(root: Path) -> int:
+def tree_bytes(root: Path) -> int:
     """Bytes of the files below ``root``."""
     total = 0
     for dirpath, _, files in os.walk(root):

@@ -16,7 +16,6 @@ with DataLoader workers under fork and spawn.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import threading
@@ -30,6 +29,7 @@ import numpy as np
 from ..errors import CorruptionError, sample_error
 from ..history.objects import ColumnRoot, CommitId
 from ..keys import Key, decode_key
+from ..parts import tree_bytes
 from ..remote.remote import Remote
 from ..remote.samples import array_head, check_entries, entry_value
 from ..repository import Repository
@@ -421,9 +421,7 @@ class StreamSource:
             samples=n,
             requests=fetcher.requests - requests,
             bytes=fetcher.bytes - fetched,
-            cached=state.pieces.usage()
-            if self.cache_dir is None
-            else _folder_bytes(self.cache_dir),
+            cached=state.pieces.usage() if self.cache_dir is None else tree_bytes(self.cache_dir),
             limit=self.cache_limit_bytes,
         )
 
@@ -475,16 +473,6 @@ def open_source(
             f"repository {os.fspath(repo) if not isinstance(repo, Repository) else repo.path}"
         )
     return RepoSource(repo, columns, commit, keys)
-
-
-def _folder_bytes(folder: Path) -> int:
-    """Bytes of the files below ``folder``."""
-    total = 0
-    for root, _, files in os.walk(folder):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.stat(os.path.join(root, name)).st_size
-    return total
 
 
 def warm_cache(
