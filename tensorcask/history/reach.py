@@ -60,12 +60,24 @@ class Reachable:
         when the walk was asked not to collect them).
     pages:
         How many record pages were reached.
+    order:
+        ``objects`` in the order the walk reached them: record roots, column
+        roots, then pages a level at a time from the top down (each level
+        sorted), which is the order a reader opening a commit needs them.
     """
 
     commits: list[CommitId] = field(default_factory=list)
     objects: set[bytes] = field(default_factory=set)
     digests: set[bytes] = field(default_factory=set)
     pages: int = 0
+    order: list[bytes] = field(default_factory=list)
+
+    def add(self, names: Iterable[bytes]) -> None:
+        """Record objects reached (``order`` keeps the first time each one was)."""
+        for name in names:
+            if name not in self.objects:
+                self.objects.add(name)
+                self.order.append(name)
 
 
 def ancestry(
@@ -168,7 +180,7 @@ def reachable(
     for root_hash, name, root in new_roots:
         if root_hash in old_hashes or root_hash in out.objects:
             continue
-        out.objects.add(root_hash)
+        out.add([root_hash])
         if root.tree != EMPTY_ROOT:
             new_tops.setdefault(root.tree, (name, root.schema))
     # New pages are compared with the old pages of the same column only (a page
@@ -226,7 +238,7 @@ def _column_roots(
         if commit is not None:
             commit_of.setdefault(commit.records, cid)
     if out is not None:
-        out.objects.update(commit_of)
+        out.add(commit_of)
     where = {r: f"record root of commit {cid}" for r, cid in commit_of.items()}
     records = _load(history, list(where), where, on_damage)
     root_where: dict[bytes, str] = {}
@@ -274,7 +286,7 @@ def _walk_pages(
         common = fresh & known
         fresh -= common | out.objects
         known -= common
-        out.objects.update(fresh)
+        out.add(sorted(fresh))
         out.pages += len(fresh)
         if progress is not None:
             progress("walking history", out.pages)

@@ -202,9 +202,12 @@ class RepoSource:
     def __len__(self) -> int:
         return len(self.index)
 
+    #: Samples to fetch ahead of reads: none, local reads are not worth starting early
+    #: (streaming sources fetch the pieces of the next samples in the background).
+    prefetch_window = 0
+
     def prefetch(self, indices: Sequence[int] | np.ndarray) -> None:
-        """Nothing to do: local reads are not worth starting early (streaming sources
-        fetch the pieces of ``indices`` in the background)."""
+        """Nothing to do (see :attr:`prefetch_window`)."""
 
     def read(self, indices: Sequence[int] | np.ndarray) -> list[np.ndarray | list[Value]]:
         """The samples at ``indices``: one stacked array per fixed-shape memmap

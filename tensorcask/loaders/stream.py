@@ -52,6 +52,9 @@ from .plan import checked_int
 __all__ = ["Source", "StreamSource", "WarmResult", "is_url", "open_source", "warm_cache"]
 
 _TABLES_SHARE = 8  # a cache folder gives 1/8 of its bound to tables, the rest to pieces
+PREFETCH_BYTES = 8 << 20  # what the iterable dataset fetches ahead of its reads, about
+_MIN_WINDOW = 256  # ... but at least this many samples
+_MAX_WINDOW = 16384  # ... and at most this many
 _HOT_PIECES = 4096  # pieces a process holds in hand at most ...
 _HOT_BYTES = 256 << 20  # ... and bytes of them (also at most the cache's bound)
 
@@ -199,6 +202,7 @@ class StreamSource:
         self._opened: _Opened | None = opened
         self._tables = stream_tables(opened.remote, self._roots, opened.tables)
         self._index = SampleIndex(self.columns, self._tables, self.keys)
+        self._window: int | None = None
 
     @property
     def path(self) -> str:
@@ -238,6 +242,7 @@ class StreamSource:
                 for a, r in zip(arrays, self._roots, strict=True)
             ]
         self._index = SampleIndex(self.columns, self._tables, self.keys)
+        self._window = None
 
     def _state(self) -> _Opened:
         opened = self._opened
@@ -309,11 +314,24 @@ class StreamSource:
     def _where(self, table: StreamTable, piece: int) -> str:
         return f"{self.url} data pack {table.pieces.pack(piece)}"
 
+    @property
+    def prefetch_window(self) -> int:
+        """Samples to fetch ahead of reads: about :data:`PREFETCH_BYTES` of them."""
+        if self._window is None:
+            per_sample = sum(
+                float(np.mean(t.pieces.record_size)) if t.count else 0.0 for t in self._tables
+            )
+            window = int(PREFETCH_BYTES // max(per_sample, 1.0))
+            self._window = min(max(window, _MIN_WINDOW), _MAX_WINDOW)
+        return self._window
+
     def prefetch(self, indices: Sequence[int] | np.ndarray) -> None:
         """Start fetching the pieces of ``indices`` in the background (for later reads)."""
+        state = self._state()
+        if not state.fetcher.worth_prefetching():
+            return
         try:
             records = self._records(indices)
-            state = self._state()
             wanted = [
                 self._wanted(c, p)
                 for c, recs in enumerate(records)

@@ -50,8 +50,6 @@ __all__ = [
 
 #: How many sample indices :class:`RepoIterableDataset` reads per ``source.read``.
 READ_CHUNK = 256
-#: Chunks a streaming source fetches ahead of the one being read.
-PREFETCH_CHUNKS = 4
 
 #: Version of the :meth:`RepoIterableDataset.state_dict` layout.
 _STATE_VERSION = 1
@@ -431,13 +429,15 @@ class RepoIterableDataset(_PinnedSource, IterableDataset[Any]):
         self._counting = (start, end, world_size, self._yielded)
         transform = self.transform
         source = self.source
-        for ahead in range(READ_CHUNK, READ_CHUNK * PREFETCH_CHUNKS, READ_CHUNK):
-            source.prefetch(indices[ahead : ahead + READ_CHUNK])
+        # A streaming source fetches windows of the samples to come while these are used,
+        # each asked for when the reads reach the middle of the window before it.
+        window = source.prefetch_window
+        fetched = READ_CHUNK if window else len(indices)
         for low in range(0, len(indices), READ_CHUNK):
             chunk = indices[low : low + READ_CHUNK]
-            ahead = low + READ_CHUNK * PREFETCH_CHUNKS
-            if ahead < len(indices):
-                source.prefetch(indices[ahead : ahead + READ_CHUNK])
+            if fetched < len(indices) and low + window // 2 >= fetched - READ_CHUNK:
+                source.prefetch(indices[fetched : fetched + window])
+                fetched += window
             for sample in _samples(self.source.read(chunk), len(chunk)):
                 # Count before yielding: a consumer that stops here has consumed it.
                 self._yielded += 1

@@ -33,7 +33,7 @@ class RemoteObjectStore(ObjectStore):
     """The history objects of one remote (commits and the objects they reach), in packs."""
 
     def __init__(self, transport: Transport) -> None:
-        self.packs = PackSet(transport, OBJECTS_FOLDER)
+        self.packs = PackSet(transport, OBJECTS_FOLDER, read_ahead=True)
         self.location = transport.path(OBJECTS_FOLDER)
         self._commits: dict[bytes, bytes | None] = {}
         self._commit_units: set[str] = set()

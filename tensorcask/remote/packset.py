@@ -43,6 +43,8 @@ __all__ = ["PackSet"]
 _GAP = 1 << 18  # ranges closer than this are read as one request
 _WHOLE_PACK = 8 << 20  # smaller packs are read whole and kept in memory
 _WHOLE_CACHE = 256 << 20  # bytes of whole packs kept, at most
+_READ_AHEAD = 1 << 18  # with read_ahead, a read of a large pack takes this many bytes ...
+_BLOCKS = 32  # ... and the last few such blocks are kept
 _REWRITE_LIMIT = 8 << 20  # history packs are rewritten only up to this many bytes at once
 _UNITS = (".idx", ".midx")
 _RETRIES = 8
@@ -73,13 +75,20 @@ class PackSet:
         The remote's filesystem and root.
     folder:
         The folder under the root (``objects`` or ``data``).
+    read_ahead:
+        Read at least 256 KiB of a large pack at a time and keep the last such
+        blocks (for history packs, whose objects lie in the order readers walk).
     """
 
-    def __init__(self, transport: Transport, folder: str) -> None:
+    def __init__(self, transport: Transport, folder: str, *, read_ahead: bool = False) -> None:
         self.transport = transport
         self.folder = folder
         self._units: dict[str, PackIndex] = {}
         self._whole: dict[str, bytes] = {}
+        # History packs hold a commit's objects in the order a reader walks them, so a
+        # small read there takes what follows too, and recent such blocks are kept.
+        self._read_ahead = _READ_AHEAD if read_ahead else 0
+        self._blocks: list[tuple[str, int, bytes]] = []
         self._lock = threading.Lock()
         self._listed = False
         self._clock = 0  # counts this set's writes of indexes ...
@@ -209,6 +218,9 @@ class PackSet:
             elif pack_size <= _WHOLE_PACK:
                 whole[pack] = members
             else:
+                members = self._from_blocks(out, pack, members, where)
+                if not len(members):
+                    continue
                 members = members[np.argsort(where.offset[members], kind="stable")]
                 first = where.offset[members]
                 last = np.maximum.accumulate(first + where.size[members])
@@ -216,7 +228,8 @@ class PackSet:
                 for span in np.split(np.arange(len(members)), breaks):
                     paths.append(self.path(pack, ".pack"))
                     starts.append(int(first[span[0]]))
-                    ends.append(int(last[span[-1]]))
+                    ahead = min(starts[-1] + self._read_ahead, pack_size)
+                    ends.append(max(int(last[span[-1]]), ahead))
                     spans.append(members[span])
         if whole:
             sizes = dict(where.packs)
@@ -231,9 +244,36 @@ class PackSet:
                 _slice_into(out, data, 0, members, where)
         if paths:
             blocks = self.transport.cat_ranges(paths, starts, ends)
-            for block, start, members in zip(blocks, starts, spans, strict=True):
+            for path, block, start, members in zip(paths, blocks, starts, spans, strict=True):
                 _slice_into(out, block, start, members, where)
+                if len(block) <= self._read_ahead:
+                    self._keep_block(path, start, block)
         return out
+
+    def _from_blocks(
+        self, out: list[bytes | None], pack: str, members: np.ndarray, where: Located
+    ) -> np.ndarray:
+        """Fill ``out`` for the members inside blocks read before; the others."""
+        path = self.path(pack, ".pack")
+        with self._lock:
+            blocks = [(start, data) for p, start, data in self._blocks if p == path]
+        if not blocks:
+            return members
+        left = []
+        for m in members.tolist():
+            offset, size = int(where.offset[m]), int(where.size[m])
+            for start, data in blocks:
+                if start <= offset and offset + size <= start + len(data):
+                    out[m] = data[offset - start : offset - start + size]
+                    break
+            else:
+                left.append(m)
+        return np.array(left, np.intp)
+
+    def _keep_block(self, path: str, start: int, block: bytes) -> None:
+        with self._lock:
+            self._blocks.append((path, start, block))
+            del self._blocks[:-_BLOCKS]
 
     def entries_of_length(
         self, lead: int, *, skip: AbstractSet[str] = frozenset()

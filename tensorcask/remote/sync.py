@@ -146,7 +146,7 @@ def push(
     remote.check_format(create=True)  # nothing is written to a remote before this point
     moved = upload_samples(parts, remote, located, kinds, progress)
     result.samples, result.bytes = moved.samples, moved.bytes
-    names = [bytes.fromhex(c) for c in walk.commits] + sorted(walk.objects)
+    names = [bytes.fromhex(c) for c in walk.commits] + walk.order
     batch = WriteBatch()
     for name, data in zip(names, parts.objects.get_many(names), strict=True):
         if data is None:
@@ -281,7 +281,7 @@ def fetch(
             result.samples, result.bytes = moved.samples, moved.bytes
         # The walk loaded every commit and object it reports through `walked`, which
         # checks each against its name before decoding it; store those same bytes.
-        names = [bytes.fromhex(c) for c in walk.commits] + sorted(walk.objects)
+        names = [bytes.fromhex(c) for c in walk.commits] + walk.order
         batch = WriteBatch()
         for name, raw in zip(names, layered.get_many(names), strict=True):
             assert raw is not None

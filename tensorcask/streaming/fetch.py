@@ -71,6 +71,8 @@ class PieceFetcher:
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._queued = 0
+        self._idle = 0  # prefetch jobs in a row that found every piece cached already
+        self._asked = 0
         self.requests = 0  # ranged reads issued by this process ...
         self.bytes = 0  # ... and the bytes they returned
 
@@ -87,6 +89,12 @@ class PieceFetcher:
             out[name] = future.result()
         return out
 
+    def worth_prefetching(self) -> bool:
+        """Whether prefetching helps now: not while the last jobs found every piece
+        cached (an epoch read from the cache), though one in eight still looks."""
+        self._asked += 1
+        return self._idle < 2 or self._asked % 8 == 0
+
     def prefetch(self, wanted: Iterable[Wanted]) -> None:
         """Start fetching pieces on a background thread (dropped when enough is queued)."""
         with self._lock:
@@ -101,6 +109,7 @@ class PieceFetcher:
     def _prefetch(self, wanted: list[Wanted]) -> None:
         try:
             mine = self._claim(wanted, {}, {})
+            self._idle = 0 if mine else self._idle + 1
             if mine:
                 self._download(mine)
         finally:
