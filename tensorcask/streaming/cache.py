@@ -120,6 +120,7 @@ class DiskCache(PieceCache):
 
     def __init__(self, root: str | os.PathLike[str], limit: int = DEFAULT_DISK_LIMIT) -> None:
         self.root = Path(root)
+        self._folder = str(self.root)
         self.limit = int(limit)
         self.tmp = self.root / ".tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
@@ -150,34 +151,43 @@ class DiskCache(PieceCache):
                 self._maps[name] = opened
                 while len(self._maps) > _MAPS:
                     self._maps.popitem(last=False)  # the mapping closes with its last view
-            self._touch(name)
             return self._maps[name][1]
 
     def _open(self, name: str) -> tuple[mmap.mmap, memoryview] | None:
-        path = self.path(name)
+        path = os.path.join(self._folder, name[:2], name)
         try:
-            with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size < _HEAD.size:
-                    raise ValueError("shorter than its header")
-                mapped = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
+            fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):
-            self._drop(path)
+        except OSError:
+            self._drop(Path(path))
             return None
+        try:
+            st = os.fstat(fd)
+            if st.st_size < _HEAD.size:
+                raise ValueError("shorter than its header")
+            mapped = mmap.mmap(fd, st.st_size, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            self._drop(Path(path))
+            return None
+        finally:
+            os.close(fd)
         magic, length, check = _HEAD.unpack_from(mapped)
         body = memoryview(mapped)[_HEAD.size :]
         if magic != _MAGIC or length != len(body) or xxhash.xxh3_64_intdigest(body) != check:
             body.release()
             mapped.close()
-            self._drop(path)  # torn or damaged: it is only a cache, fetch it again
+            self._drop(Path(path))  # torn or damaged: it is only a cache, fetch it again
             return None
+        if time.time() - st.st_mtime >= _TOUCH_EVERY:  # least recently used go first
+            with contextlib.suppress(OSError):
+                os.utime(path)
+        self._touched[name] = time.monotonic()
         return mapped, body
 
     def _touch(self, name: str) -> None:
         now = time.monotonic()
-        if now - self._touched.get(name, -_TOUCH_EVERY) >= _TOUCH_EVERY:
+        if now - self._touched.get(name, now) >= _TOUCH_EVERY:
             self._touched[name] = now
             with contextlib.suppress(OSError):
                 os.utime(self.path(name))
