@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -115,22 +115,26 @@ class _Opened:
             self.tables = TableCache(source.cache_dir / "tables", writable=True, limit=share)
             self.pieces = DiskCache(source.cache_dir / "samples", limit - share)
         self.fetcher = PieceFetcher(self.remote.data, self.pieces)
-        # Pieces in hand, by (column, piece): a batch whose pieces are all here asks
-        # neither the cache nor the fetcher. Bounded; cleared when full.
-        self.hot: dict[tuple[int, int], Piece] = {}
+        # Pieces in hand, per column by piece number: a batch whose pieces are all here
+        # asks neither the cache nor the fetcher. Bounded; emptied when full.
+        self.hot: list[dict[int, memoryview]] = [{} for _ in source.columns]
+        self._hot_count = 0
         self._hot_bytes = 0
         self._hot_limit = min(limit, _HOT_BYTES)
 
     def keep(self, pieces: dict[tuple[int, int], Piece]) -> None:
         """Hold sound pieces for the next batches."""
-        for key, piece in pieces.items():
+        for (c, p), piece in pieces.items():
             if piece.damaged is not None:
                 continue
-            if len(self.hot) >= _HOT_PIECES or self._hot_bytes + len(piece.data) > self._hot_limit:
-                self.hot.clear()
-                self._hot_bytes = 0
-            self.hot[key] = piece
-            self._hot_bytes += len(piece.data)
+            size = len(piece.data)
+            if self._hot_count >= _HOT_PIECES or self._hot_bytes + size > self._hot_limit:
+                for hot in self.hot:
+                    hot.clear()
+                self._hot_count = self._hot_bytes = 0
+            self.hot[c][p] = piece.data
+            self._hot_count += 1
+            self._hot_bytes += size
 
 
 class StreamSource:
@@ -336,7 +340,7 @@ class StreamSource:
                 self._wanted(c, p)
                 for c, recs in enumerate(records)
                 for p in self._pieces(c, recs)[0].tolist()
-                if (c, p) not in state.hot
+                if p not in state.hot[c]
             ]
         except (IndexError, CorruptionError):
             return  # the read itself will say so
@@ -349,35 +353,49 @@ class StreamSource:
         records = self._records(indices)
         state = self._state()
         plans = [self._pieces(c, recs) for c, recs in enumerate(records)]
-        held: dict[tuple[int, int], Piece] = {}
-        wanted: dict[tuple[int, int], Wanted] = {}
+        columns: list[list[memoryview | None]] = []
+        wanted: dict[tuple[int, int], tuple[int, Wanted]] = {}
         for c, (uniq, _) in enumerate(plans):
-            for p in uniq.tolist():
-                piece = state.hot.get((c, p))  # taken now: keep() below may clear the dict
-                if piece is None:
-                    wanted[c, p] = self._wanted(c, p)
-                else:
-                    held[c, p] = piece
+            hot = state.hot[c]  # views taken now: keep() below may empty it
+            numbers = uniq.tolist()
+            try:
+                views: list[memoryview | None] = [hot[p] for p in numbers]
+            except KeyError:
+                views = [hot.get(p) for p in numbers]
+                for g, (p, view) in enumerate(zip(numbers, views, strict=True)):
+                    if view is None:
+                        wanted[c, p] = (g, self._wanted(c, p))
+            columns.append(views)
+        damaged: dict[tuple[int, int], Piece] = {}
         if wanted:
-            got = state.fetcher.get(list(wanted.values()))
-            fetched = {key: got[w.name] for key, w in wanted.items()}
+            got = state.fetcher.get([w for _, w in wanted.values()])
+            fetched = {key: got[w.name] for key, (_, w) in wanted.items()}
             state.keep(fetched)
-            held.update(fetched)
+            for (c, p), (g, _) in wanted.items():
+                piece = fetched[c, p]
+                columns[c][g] = piece.data
+                if piece.damaged is not None:
+                    damaged[c, g] = piece
         return [
-            self._column(c, recs, [held[c, p] for p in uniq.tolist()], inverse)
-            for c, (recs, (uniq, inverse)) in enumerate(zip(records, plans, strict=True))
+            self._column(c, recs, columns[c], inverse, damaged)
+            for c, (recs, (_, inverse)) in enumerate(zip(records, plans, strict=True))
         ]
 
     def _column(
-        self, c: int, records: np.ndarray, pieces: list[Piece], inverse: np.ndarray
+        self,
+        c: int,
+        records: np.ndarray,
+        pieces: list[memoryview | None],
+        inverse: np.ndarray,
+        damaged: dict[tuple[int, int], Piece],
     ) -> np.ndarray | list[Value]:
-        table = self._tables[c]
-        pm = table.pieces
-        for g, piece in enumerate(pieces):
-            if piece.damaged is not None:
+        for (column, g), piece in damaged.items():
+            if column == c:
                 for record in records[inverse == g].tolist():
                     self._check_alone(c, record, piece)
-        views = [p.data for p in pieces]
+        views = cast(list[memoryview], pieces)  # every piece is in hand by now
+        table = self._tables[c]
+        pm = table.pieces
         rel = pm.record_rel[records]
         sizes = pm.record_size[records]
         schema = table.schema

@@ -73,8 +73,8 @@ def gather_rows(
             if body:
                 out[rows] = _windows(view, body)[at + len(head)]
     else:  # about one piece per record (shuffled): one join
-        pieces = [views[g] for g in inverse.tolist()]
-        entries = [p[r : r + width] for p, r in zip(pieces, rel.tolist(), strict=True)]
+        spots = zip(inverse.tolist(), rel.tolist(), strict=True)
+        entries = [views[g][r : r + width] for g, r in spots]
         raw = np.frombuffer(b"".join(entries), np.uint8).reshape(n, width)
         heads = raw[:, : len(head)]
         out = np.ascontiguousarray(raw[:, len(head) :])
