@@ -55,7 +55,7 @@ def _blob(items: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
 def _split(blob: np.ndarray, lengths: np.ndarray) -> list[bytes]:
     data = blob.tobytes()
     ends = np.cumsum(lengths, dtype=np.int64).tolist()
-    starts = [0, *ends[:-1]]
+    starts = [0, *ends[:-1]] if ends else []
     return [data[a:b] for a, b in zip(starts, ends, strict=True)]
 
 

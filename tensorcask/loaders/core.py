@@ -18,6 +18,8 @@ of walking record trees.
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 from collections.abc import Sequence
 from functools import reduce
 from pathlib import Path
@@ -56,6 +58,8 @@ class SampleIndex(Generic[TableT]):
         names: Sequence[str],
         tables: Sequence[TableT],
         keys: Sequence[Key] | np.ndarray | None = None,
+        *,
+        warn: bool = False,
     ) -> None:
         self.names = list(names)
         self.tables = list(tables)
@@ -77,6 +81,22 @@ class SampleIndex(Generic[TableT]):
             )
             ordered = sorted(shared)
             self.positions = [t.positions(ordered) for t in self.tables]
+        if warn and keys is None:
+            self._warn_left_out()
+
+    def _warn_left_out(self) -> None:
+        """Warn, naming each column, when samples of some columns are left out (the
+        columns hold different keys): never silently fewer samples."""
+        n = len(self)
+        left = [(name, t.count - n) for name, t in zip(self.names, self.tables, strict=True)]
+        if any(count for _, count in left):
+            counts = ", ".join(f"{count} of column {name!r}" for name, count in left if count)
+            warnings.warn(
+                f"the columns hold different keys: the dataset has the {n} keys present in "
+                f"every column, leaving out {counts}; pass keys= to choose them",
+                UserWarning,
+                stacklevel=_outside_the_package(),
+            )
 
     def _chosen(self, keys: Sequence[Key] | np.ndarray) -> list[np.ndarray | None]:
         raw = encode_keys(keys)
@@ -97,6 +117,17 @@ class SampleIndex(Generic[TableT]):
         """The key of sample ``i``."""
         first = self.positions[0]
         return decode_key(self.tables[0].key(i if first is None else int(first[i])))
+
+
+def _outside_the_package() -> int:
+    """The ``stacklevel`` of the first frame outside tensorcask (the user's call)."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
 
 
 class RepoSource:
@@ -149,7 +180,7 @@ class RepoSource:
         self._opened: (
             tuple[int, RepositoryParts, SampleIndex[ColumnTable], list[ColumnRoot]] | None
         ) = None
-        self._attach(RepositoryParts(self.path, read_only=self.read_only))
+        self._attach(RepositoryParts(self.path, read_only=self.read_only), warn=True)
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -168,7 +199,7 @@ class RepoSource:
         self.read_only = bool(state.get("read_only", False))
         self._opened = None
 
-    def _attach(self, parts: RepositoryParts) -> None:
+    def _attach(self, parts: RepositoryParts, *, warn: bool = False) -> None:
         roots = parts.history.columns(self.commit)
         missing = [c for c in self.columns if c not in roots]
         if missing:
@@ -178,7 +209,7 @@ class RepoSource:
             )
         chosen = [roots[c] for c in self.columns]
         tables = [parts.column_table(root) for root in chosen]
-        index = SampleIndex(self.columns, tables, self.keys)
+        index = SampleIndex(self.columns, tables, self.keys, warn=warn)
         self._opened = (os.getpid(), parts, index, chosen)
 
     def _state(self) -> tuple[RepositoryParts, SampleIndex[ColumnTable], list[ColumnRoot]]:

@@ -205,7 +205,7 @@ class StreamSource:
         self._roots = [found[c] for c in self.columns]
         self._opened: _Opened | None = opened
         self._tables = stream_tables(opened.remote, self._roots, opened.tables)
-        self._index = SampleIndex(self.columns, self._tables, self.keys)
+        self._index = SampleIndex(self.columns, self._tables, self.keys, warn=True)
         self._window: int | None = None
 
     @property

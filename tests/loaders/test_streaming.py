@@ -16,6 +16,7 @@ import pickle
 import re
 import shutil
 import socket
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -579,3 +580,21 @@ def test_pickled_datasets_read_the_same_samples(
         # the tables are read from the cache folder, not carried in the pickle
         assert len(pickle.dumps(ds)) < len(pickle.dumps(pushed.dataset()))
     assert "storage_options" not in repr(ds) and pushed.url in repr(ds)
+
+
+def test_columns_with_different_keys_warn_naming_what_is_left_out(pushed: Pushed) -> None:
+    """On dev, "names" holds one key more than "images": never silently fewer samples."""
+    expected = r"leaving out 1 of column 'names'; pass keys= to choose them"
+    with pytest.warns(UserWarning, match=expected) as local:
+        local_ds = repo_dataset(pushed.src, ["images", "names"], commit="dev")
+    with pytest.warns(UserWarning, match=expected) as streamed:
+        ds = pushed.dataset(["images", "names"], commit="dev")
+    assert [w.filename for w in (*local, *streamed)] == [__file__, __file__]  # the user's line
+    assert len(ds) == len(local_ds) == N
+    with pytest.warns(UserWarning, match=expected):
+        pushed.iterable(["names", "images"], commit="dev")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # equal key sets, or keys= given: no warning
+        pushed.dataset(["images", "names"], commit=pushed.first)
+        pushed.dataset(["images", "names"], commit="dev", keys=list(range(N)))
+        pickle.loads(pickle.dumps(ds))  # a copy (a worker) does not warn again
