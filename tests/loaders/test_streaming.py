@@ -598,3 +598,19 @@ def test_columns_with_different_keys_warn_naming_what_is_left_out(pushed: Pushed
         pushed.dataset(["images", "names"], commit=pushed.first)
         pushed.dataset(["images", "names"], commit="dev", keys=list(range(N)))
         pickle.loads(pickle.dumps(ds))  # a copy (a worker) does not warn again
+
+
+def test_an_empty_column_streams_no_samples(tmp_path: Path) -> None:
+    with tc.init(tmp_path / "src", **IDENTITY) as repo:
+        with repo.checkout(write=True) as co:
+            co.add_ndarray_column("empty", shape=(3,), dtype="float32")
+            co.add_str_column("words").update({"a": "x", "b": "y"})
+            co.commit("one empty column")
+        url = (tmp_path / "remote").as_uri()
+        repo.add_remote("origin", url)
+        repo.push("origin", "main")
+    for cache in (None, tmp_path / "cache", tmp_path / "cache"):  # the last loads saved tables
+        ds = repo_dataset(url, ["empty"], cache_dir=cache)
+        assert len(ds) == 0 and ds.__getitems__([]) == []
+        assert list(repo_iterable_dataset(url, ["empty"], cache_dir=cache)) == []
+    assert [repo_dataset(url, ["words"])[i] for i in range(2)] == [("x",), ("y",)]
