@@ -4,7 +4,7 @@
 samples from a remote into a streaming cache folder before a training job
 starts, so that the job's loaders (given the same URL and ``cache_dir``)
 read at local speed from the first epoch. Porcelain over
-:func:`tensorcask.loaders.stream.warm_cache`.
+:func:`tensorcask.loaders.sources.warm_cache`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from tensorcask.loaders.stream import warm_cache
+from tensorcask.loaders.sources import warm_cache
 from tensorcask.report import format_bytes
 
 from ._common import SHORT_ID, add_command, base_dir, out, print_json, progress_bar

@@ -32,7 +32,6 @@ from ..keys import Key, decode_key
 from ..parts import tree_bytes
 from ..remote.remote import Remote
 from ..remote.samples import array_head, check_entries, entry_value
-from ..repository import Repository
 from ..samples import Value, from_payload
 from ..streaming.cache import (
     DEFAULT_DISK_LIMIT,
@@ -46,10 +45,10 @@ from ..streaming.gather import distinct, gather_rows
 from ..streaming.pieces import PieceMap, check_piece
 from ..streaming.table import StreamTable, default_commit, missing_error, open_commit, stream_tables
 from ..table_cache import TableCache
-from .core import RepoSource, SampleIndex
+from .core import SampleIndex
 from .plan import checked_int
 
-__all__ = ["Source", "StreamSource", "WarmResult", "is_url", "open_source", "warm_cache"]
+__all__ = ["StreamSource", "WarmResult"]
 
 _TABLES_SHARE = 8  # a cache folder gives 1/8 of its bound to tables, the rest to pieces
 PREFETCH_BYTES = 8 << 20  # what the iterable dataset fetches ahead of its reads, about
@@ -59,14 +58,10 @@ _HOT_PIECES = 4096  # pieces a process holds in hand at most ...
 _HOT_BYTES = 256 << 20  # ... and bytes of them (also at most the cache's bound)
 
 
-def is_url(repo: object) -> bool:
-    """Whether a loader's first argument names a remote (``s3://...``, ``file://...``)."""
-    return isinstance(repo, str) and "://" in repo
-
-
 @dataclass(frozen=True)
 class WarmResult:
-    """What :func:`warm_cache` did.
+    """What :meth:`StreamSource.warm` did (and so
+    :func:`~tensorcask.loaders.sources.warm_cache`).
 
     Attributes
     ----------
@@ -465,80 +460,3 @@ class StreamSource:
         """Stop this process's background prefetching."""
         if self._opened is not None and self._opened.pid == os.getpid():
             self._opened.fetcher.close()
-
-
-Source = RepoSource | StreamSource
-"""What a dataset reads from: a local repository or a remote."""
-
-
-def open_source(
-    repo: str | os.PathLike[str] | Repository,
-    columns: Sequence[str],
-    commit: str | None = None,
-    keys: Sequence[Key] | np.ndarray | None = None,
-    *,
-    storage_options: dict[str, Any] | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-    cache_limit_bytes: int | None = None,
-) -> Source:
-    """The source of a dataset: a :class:`StreamSource` for a URL, else a local
-    :class:`~tensorcask.loaders.core.RepoSource`."""
-    if is_url(repo):
-        assert isinstance(repo, str)
-        return StreamSource(
-            repo,
-            columns,
-            commit,
-            keys,
-            storage_options=storage_options,
-            cache_dir=cache_dir,
-            cache_limit_bytes=cache_limit_bytes,
-        )
-    given = [
-        name
-        for name, value in (
-            ("storage_options", storage_options),
-            ("cache_dir", cache_dir),
-            ("cache_limit_bytes", cache_limit_bytes),
-        )
-        if value is not None
-    ]
-    if given:
-        raise TypeError(
-            f"{given[0]}= applies to a remote URL (s3://..., file://...), not to the local "
-            f"repository {os.fspath(repo) if not isinstance(repo, Repository) else repo.path}"
-        )
-    return RepoSource(repo, columns, commit, keys)
-
-
-def warm_cache(
-    url: str,
-    columns: Sequence[str],
-    commit: str | None = None,
-    *,
-    cache_dir: str | os.PathLike[str],
-    storage_options: dict[str, Any] | None = None,
-    cache_limit_bytes: int | None = None,
-    keys: Sequence[Key] | np.ndarray | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> WarmResult:
-    """Fetch the samples of ``columns`` at ``commit`` of a remote into ``cache_dir``, so
-    that the datasets of a training job read them at local speed from the first epoch.
-
-    Arguments as for :class:`StreamSource`; ``progress(done, total)`` is called as
-    samples are cached. A sample whose bytes fail their hash raises
-    :class:`~tensorcask.errors.CorruptionError`.
-    """
-    source = StreamSource(
-        url,
-        columns,
-        commit,
-        keys,
-        storage_options=storage_options,
-        cache_dir=cache_dir,
-        cache_limit_bytes=cache_limit_bytes,
-    )
-    try:
-        return source.warm(progress)
-    finally:
-        source.close()

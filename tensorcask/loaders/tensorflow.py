@@ -50,7 +50,7 @@ import tensorflow as tf
 from ..keys import Key
 from ..repository import Repository
 from .plan import checked_int, epoch_order
-from .stream import Source, open_source
+from .sources import Source, open_source
 
 __all__ = ["repo_dataset"]
 

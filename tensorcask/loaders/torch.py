@@ -38,7 +38,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from ..keys import Key
 from ..repository import Repository
 from .plan import EVEN_MODES, EvenMode, checked_int, epoch_length, plan
-from .stream import Source, open_source
+from .sources import Source, open_source
 
 __all__ = [
     "READ_CHUNK",
