@@ -18,6 +18,7 @@ consolidating never uploads sample bytes again.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from typing import TypeVar
@@ -102,7 +103,7 @@ class PackSet:
 
     def refresh(self) -> None:
         """List the folder: load the indexes not seen yet, forget those no longer there."""
-        for attempt in range(3):
+        for attempt in range(_RETRIES):
             with self._lock:
                 begun = self._clock
             files = self.transport.list_files(self.folder)
@@ -110,9 +111,10 @@ class PackSet:
             new = [n for n in listed if n not in self._units]
             try:
                 raw = self.transport.cat_many([self.path(n) for n in new], [files[n] for n in new])
-            except FileNotFoundError:  # consolidated away since the listing
-                if attempt == 2:
+            except FileNotFoundError:  # consolidated away since the listing: list again
+                if attempt == _RETRIES - 1:
                     raise
+                time.sleep(0.01 * attempt)  # let a busy consolidator finish
                 continue
             loaded = {n: decode_index(n, d, self.path(n)) for n, d in zip(new, raw, strict=True)}
             with self._lock:
