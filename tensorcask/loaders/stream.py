@@ -26,9 +26,10 @@ from typing import Any, cast
 
 import numpy as np
 
-from ..errors import CorruptionError, sample_error
+from ..errors import CorruptionError, RemoteError, sample_error
 from ..history.objects import ColumnRoot, CommitId
 from ..keys import Key, decode_key
+from ..layout import FORMAT_FILE
 from ..parts import tree_bytes
 from ..remote.remote import Remote
 from ..remote.samples import array_head, check_entries, entry_value
@@ -56,6 +57,14 @@ _MIN_WINDOW = 256  # ... but at least this many samples
 _MAX_WINDOW = 16384  # ... and at most this many
 _HOT_PIECES = 4096  # pieces a process holds in hand at most ...
 _HOT_BYTES = 256 << 20  # ... and bytes of them (also at most the cache's bound)
+
+
+def _local_repository(url: str) -> str | None:
+    """The path of the local repository a ``file://`` URL names, if it names one."""
+    if not url.startswith("file://"):
+        return None
+    path = Path(url.removeprefix("file://"))
+    return str(path) if (path / FORMAT_FILE).is_file() else None
 
 
 @dataclass(frozen=True)
@@ -187,7 +196,16 @@ class StreamSource:
             else (keys.tolist() if isinstance(keys, np.ndarray) else list(keys))
         )
         opened = _Opened(self)
-        opened.remote.require()
+        try:
+            opened.remote.require()
+        except RemoteError:
+            local = _local_repository(url)
+            if local is None:
+                raise
+            raise RemoteError(
+                f"{url} is a local repository, not a remote: pass its path ({local}) to read it "
+                "directly, or push it to a remote and stream from that"
+            ) from None
         ref = commit if commit is not None else default_commit(opened.remote)
         self.commit: CommitId
         self.commit, found = open_commit(opened.remote, ref)

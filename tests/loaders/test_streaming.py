@@ -618,3 +618,11 @@ def test_an_empty_column_streams_no_samples(tmp_path: Path) -> None:
         assert len(ds) == 0 and ds.__getitems__([]) == []
         assert list(repo_iterable_dataset(url, ["empty"], cache_dir=cache)) == []
     assert [repo_dataset(url, ["words"])[i] for i in range(2)] == [("x",), ("y",)]
+
+
+def test_a_file_url_of_a_local_repository_says_to_pass_its_path(
+    source: tuple[Path, str, str],
+) -> None:
+    src = source[0]
+    with pytest.raises(tc.RemoteError, match="is a local repository, not a remote: pass its path"):
+        repo_dataset(src.as_uri(), ["images"])
