@@ -5,6 +5,7 @@ share (DataLoader workers, several jobs on one node)::
 
     <cache_dir>/samples/<2 hex>/<piece name>   one checked piece
     <cache_dir>/samples/.tmp/...               pieces being written
+    <cache_dir>/samples/.claims/<piece name>   a process fetching that piece (its pid)
     <cache_dir>/samples/.lock, .usage          the bound's lock and ledger
 
 Rules that make sharing safe without a server or a daemon:
@@ -18,6 +19,11 @@ Rules that make sharing safe without a server or a daemon:
   maps the file and drops (and removes) one that fails: a torn write after a
   power cut, a flipped bit. Mapped files are kept open, so a second epoch
   reads at local speed.
+* **One process fetches a piece.** Before fetching a piece a process
+  creates its claim file (exclusively); others that find a live claim wait
+  for the piece to appear instead of fetching it too (DataLoader workers
+  read neighbouring batches, which share pieces). A claim whose process is
+  gone, or older than two minutes, is taken over.
 * **The bound holds.** Writers take a lock (``fcntl.flock``) on ``.lock``
   to add to the ledger ``.usage``; a writer that would go over the limit
   first removes the least recently used pieces (file mtimes, refreshed when a
@@ -61,6 +67,7 @@ _MAPS = 4096  # files a process keeps mapped (well under vm.max_map_count)
 _TOUCH_EVERY = 60.0  # seconds between mtime refreshes of one piece by one process
 _LOW_WATER = 0.9  # eviction frees space down to this fraction of the limit
 _STALE_TMP = 3600.0  # temporary files older than this are from killed writers
+_CLAIM_STALE = 120.0  # a claim this old is a fetcher's that hung or died
 
 
 class PieceCache:
@@ -79,6 +86,18 @@ class PieceCache:
     def usage(self) -> int:
         """Bytes the cache holds now."""
         raise NotImplementedError
+
+    def claim(self, name: str) -> bool:
+        """Take the fetching of ``name`` for this process: False while another process
+        sharing the cache fetches it (then wait for it to appear, or for the claim to go)."""
+        return True
+
+    def claimed(self, name: str) -> bool:
+        """Whether another live process is fetching ``name``."""
+        return False
+
+    def release(self, name: str) -> None:
+        """Give up a claim (after the piece was put, or the fetch failed)."""
 
 
 class MemoryCache(PieceCache):
@@ -124,6 +143,7 @@ class DiskCache(PieceCache):
         self.limit = int(limit)
         self.tmp = self.root / ".tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
+        (self.root / ".claims").mkdir(exist_ok=True)
         self._maps: OrderedDict[str, tuple[mmap.mmap, memoryview]] = OrderedDict()
         self._touched: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -206,6 +226,53 @@ class DiskCache(PieceCache):
             self._pid = os.getpid()
             self._lock = threading.Lock()
             self._maps = OrderedDict(self._maps)
+
+    # -- claims: one process fetches a piece, the others wait for it ------
+
+    def _claim_path(self, name: str) -> str:
+        return os.path.join(self._folder, ".claims", name)
+
+    def claim(self, name: str) -> bool:
+        path = self._claim_path(name)
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if self.claimed(name):
+                    return False
+                with contextlib.suppress(OSError):
+                    os.unlink(path)  # its holder died: take it over
+                continue
+            except OSError:
+                return True  # claims cannot be made here: fetch, as without a cache
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            return True
+        return True
+
+    def claimed(self, name: str) -> bool:
+        path = self._claim_path(name)
+        try:
+            with open(path) as f:
+                text = f.read()
+            age = time.time() - os.stat(path).st_mtime
+        except OSError:
+            return False
+        if age > _CLAIM_STALE:
+            return False
+        if not text.strip().isdigit():
+            return True  # being written this instant
+        try:
+            os.kill(int(text), 0)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            return True  # alive, another user's
+        return True
+
+    def release(self, name: str) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self._claim_path(name))
 
     # -- writing ---------------------------------------------------------
 

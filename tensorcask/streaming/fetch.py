@@ -15,6 +15,7 @@ background thread; a piece being fetched is fetched once, whoever asks.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ __all__ = ["MERGE_GAP", "MAX_RANGE", "Piece", "PieceFetcher", "Wanted"]
 MERGE_GAP = 1 << 16
 #: A merged range grows to at most this many bytes.
 MAX_RANGE = 16 << 20
+#: Seconds to wait for a piece another process is fetching before fetching it too.
+_AWAIT = 60.0
 #: Prefetch jobs queued at most; beyond, prefetch requests are dropped (reads catch up).
 PREFETCH_DEPTH = 4
 
@@ -80,10 +83,12 @@ class PieceFetcher:
         """Every wanted piece, by name (fetching what the cache lacks, in parallel)."""
         out: dict[str, Piece] = {}
         waits: dict[str, Future[Piece]] = {}
-        mine = self._claim(wanted, out, waits)
+        mine, elsewhere = self._claim(wanted, out, waits)
         if mine:
             self._download(mine)
-        for w, future in mine:
+        if elsewhere:
+            self._await(elsewhere)
+        for w, future in (*mine, *elsewhere):
             out[w.name] = future.result()
         for name, future in waits.items():
             out[name] = future.result()
@@ -108,20 +113,24 @@ class PieceFetcher:
 
     def _prefetch(self, wanted: list[Wanted]) -> None:
         try:
-            mine = self._claim(wanted, {}, {})
-            self._idle = 0 if mine else self._idle + 1
+            mine, elsewhere = self._claim(wanted, {}, {})
+            self._idle = 0 if mine or elsewhere else self._idle + 1
             if mine:
                 self._download(mine)
+            if elsewhere:
+                self._await(elsewhere)
         finally:
             with self._lock:
                 self._queued -= 1
 
     def _claim(
         self, wanted: Sequence[Wanted], out: dict[str, Piece], waits: dict[str, Future[Piece]]
-    ) -> list[tuple[Wanted, Future[Piece]]]:
-        """Sort ``wanted`` into cached (``out``), being fetched (``waits``) and ours to
-        fetch (returned, each with the future its readers wait on)."""
+    ) -> tuple[list[tuple[Wanted, Future[Piece]]], list[tuple[Wanted, Future[Piece]]]]:
+        """Sort ``wanted`` into cached (``out``), being fetched by this process (``waits``),
+        ours to fetch, and being fetched by another process sharing the cache (the last
+        two returned, each with the future its readers wait on)."""
         mine: list[tuple[Wanted, Future[Piece]]] = []
+        elsewhere: list[tuple[Wanted, Future[Piece]]] = []
         seen: set[str] = set()
         for w in wanted:
             if w.name in seen:
@@ -133,12 +142,34 @@ class PieceFetcher:
                 continue
             with self._lock:
                 future = self._inflight.get(w.name)
-                if future is None:
-                    future = self._inflight[w.name] = Future()
-                    mine.append((w, future))
+                if future is not None:
+                    waits[w.name] = future
                     continue
-            waits[w.name] = future
-        return mine
+                future = self._inflight[w.name] = Future()
+            (mine if self.cache.claim(w.name) else elsewhere).append((w, future))
+        return mine, elsewhere
+
+    def _await(self, elsewhere: list[tuple[Wanted, Future[Piece]]]) -> None:
+        """Wait for pieces other processes fetch into the shared cache; fetch those whose
+        claim goes without the piece appearing (its fetcher failed, or could not cache it)."""
+        pending = elsewhere
+        deadline = time.monotonic() + _AWAIT
+        pause = 0.002
+        while pending:
+            left = []
+            for w, future in pending:
+                data = self.cache.get(w.name)
+                if data is not None:
+                    self._settle(w.name, future, Piece(data))
+                elif self.cache.claimed(w.name) and time.monotonic() < deadline:
+                    left.append((w, future))
+                else:
+                    self.cache.claim(w.name)
+                    self._download([(w, future)])
+            pending = left
+            if pending:
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
 
     def _download(self, mine: list[tuple[Wanted, Future[Piece]]]) -> None:
         """Read, check and cache ``mine``, settling their futures (with the error if the
@@ -166,6 +197,9 @@ class PieceFetcher:
                     self._forget(w.name, future)
             if not isinstance(exc, Exception):
                 raise
+        finally:
+            for w, _ in mine:
+                self.cache.release(w.name)
 
     def _checked(self, w: Wanted, block: memoryview, start: int) -> Piece:
         piece = bytes(block[w.start - start : w.end - start])
