@@ -797,3 +797,63 @@ def test_opening_a_commit_costs_requests_independent_of_its_size(
             got = [int(s[0]) - LABEL0 for s in shuffled.__getitems__(order[low : low + 50])]
             assert got == order[low : low + 50].tolist()
         assert shuffled.source.fetcher.requests <= len(shuffled.source.tables[0].pieces.piece_start)
+
+
+# -- claims: readers sharing a folder fetch each piece once ---------------------------
+
+
+def test_readers_sharing_a_folder_fetch_each_piece_once(
+    file_remote: Remote, tmp_path: Path
+) -> None:
+    alone = repo_dataset(file_remote.url, ["images", "labels"], cache_dir=tmp_path / "alone")
+    _read_all(alone, batch=M)
+    once = alone.source.fetcher.bytes  # what every piece costs, fetched one time
+
+    cache = tmp_path / "shared"
+    readers = [
+        repo_dataset(file_remote.url, ["images", "labels"], cache_dir=cache) for _ in range(3)
+    ]
+    start = threading.Barrier(len(readers))
+    errors: list[BaseException] = []
+
+    def read(ds: Any) -> None:
+        try:
+            start.wait()
+            _read_all(ds, batch=M)  # every reader wants every piece at the same moment
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read, args=(ds,)) for ds in readers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    assert sum(ds.source.fetcher.bytes for ds in readers) == once
+    assert not list((cache / "samples" / ".claims").iterdir())  # every claim released
+
+
+def test_a_claim_whose_holder_died_is_taken_over(file_remote: Remote, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = repo_dataset(file_remote.url, ["images", "labels"], cache_dir=tmp_path / "probe")
+    names = [
+        table.pieces.name(p)
+        for table in first.source.tables
+        for p in range(len(table.pieces.piece_start))
+    ]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    claims = cache / "samples" / ".claims"
+    claims.mkdir(parents=True)
+    for i, name in enumerate(names):
+        path = claims / name
+        if i % 2:
+            path.write_text(dead.stdout.strip())  # a fetcher killed while fetching
+        else:
+            path.write_text(str(os.getpid()))  # alive, but hung for longer than a fetch can
+            os.utime(path, (time.time() - 3600, time.time() - 3600))
+    ds = repo_dataset(file_remote.url, ["images", "labels"], cache_dir=cache)
+    began = time.monotonic()
+    _read_all(ds, batch=M)
+    assert time.monotonic() - began < 30  # taken over at once, not waited out
+    assert not list(claims.iterdir())
