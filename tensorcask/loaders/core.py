@@ -36,10 +36,23 @@ from ..repository import Repository
 from ..samples import Value, from_payload
 from ..storage.content import ContentStore
 
-__all__ = ["RepoSource", "SampleIndex"]
+__all__ = ["RepoSource", "SampleIndex", "selection"]
 
 
 TableT = TypeVar("TableT", bound=KeyedTable)
+
+
+def selection(
+    columns: Sequence[str], keys: Sequence[Key] | np.ndarray | None
+) -> tuple[list[str], list[Key] | None]:
+    """A source's column names and keys as plain lists, checked (what every source takes)."""
+    if isinstance(columns, str):
+        raise TypeError("columns must be a list of column names, not one str")
+    if not columns:
+        raise ValueError("name at least one column")
+    if keys is None:
+        return list(columns), None
+    return list(columns), keys.tolist() if isinstance(keys, np.ndarray) else list(keys)
 
 
 class SampleIndex(Generic[TableT]):
@@ -113,6 +126,15 @@ class SampleIndex(Generic[TableT]):
         first = self.positions[0]
         return self._count if first is None else len(first)
 
+    def records(self, indices: Sequence[int] | np.ndarray) -> list[np.ndarray]:
+        """Per column, the records of the samples at ``indices`` (IndexError if one is out
+        of range)."""
+        at = np.asarray(indices, dtype=np.intp).reshape(-1)
+        if at.size and (int(at.min()) < 0 or int(at.max()) >= len(self)):
+            bad = int(at.min()) if int(at.min()) < 0 else int(at.max())
+            raise IndexError(f"sample index {bad} is out of range for {len(self)} samples")
+        return [at if p is None else p[at] for p in self.positions]
+
     def key(self, i: int) -> Key:
         """The key of sample ``i``."""
         first = self.positions[0]
@@ -154,19 +176,10 @@ class RepoSource:
         commit: str | None = None,
         keys: Sequence[Key] | np.ndarray | None = None,
     ) -> None:
-        if isinstance(columns, str):
-            raise TypeError("columns must be a list of column names, not one str")
-        if not columns:
-            raise ValueError("name at least one column")
+        self.columns, self.keys = selection(columns, keys)
         opened = repo if isinstance(repo, Repository) else Repository(repo)
         self.path = opened.path
         self.read_only = opened.read_only
-        self.columns = list(columns)
-        self.keys = (
-            None
-            if keys is None
-            else (keys.tolist() if isinstance(keys, np.ndarray) else list(keys))
-        )
         if commit is None:
             head = opened.branches.get(opened.current_branch)
             if head is None:
@@ -244,15 +257,10 @@ class RepoSource:
         """The samples at ``indices``: one stacked array per fixed-shape memmap
         column, a list of values for the others, in column order."""
         parts, index, roots = self._state()
-        at = np.asarray(indices, dtype=np.intp)
-        if at.size and (int(at.min()) < 0 or int(at.max()) >= len(index)):
-            bad = int(at.min()) if int(at.min()) < 0 else int(at.max())
-            raise IndexError(f"sample index {bad} is out of range for {len(index)} samples")
         out: list[np.ndarray | list[Value]] = []
-        for name, table, positions, root in zip(
-            index.names, index.tables, index.positions, roots, strict=True
+        for name, table, records, root in zip(
+            index.names, index.tables, index.records(indices), roots, strict=True
         ):
-            records = at if positions is None else positions[at]
             out.append(self._read_column(parts, name, table, records, root))
         return out
 

@@ -43,10 +43,17 @@ from ..streaming.cache import (
 )
 from ..streaming.fetch import Piece, PieceFetcher, Wanted
 from ..streaming.gather import distinct, gather_rows
-from ..streaming.pieces import PieceMap, check_piece
-from ..streaming.table import StreamTable, default_commit, missing_error, open_commit, stream_tables
+from ..streaming.pieces import check_piece
+from ..streaming.table import (
+    StreamTable,
+    default_commit,
+    missing_error,
+    open_commit,
+    stream_tables,
+    table_from_arrays,
+)
 from ..table_cache import TableCache
-from .core import SampleIndex
+from .core import SampleIndex, selection
 from .plan import checked_int
 
 __all__ = ["StreamSource", "WarmResult"]
@@ -176,10 +183,7 @@ class StreamSource:
         cache_dir: str | os.PathLike[str] | None = None,
         cache_limit_bytes: int | None = None,
     ) -> None:
-        if isinstance(columns, str):
-            raise TypeError("columns must be a list of column names, not one str")
-        if not columns:
-            raise ValueError("name at least one column")
+        self.columns, self.keys = selection(columns, keys)
         self.url = url
         self.storage_options = dict(storage_options or {})
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
@@ -188,12 +192,6 @@ class StreamSource:
             default
             if cache_limit_bytes is None
             else checked_int(cache_limit_bytes, "cache_limit_bytes", 1)
-        )
-        self.columns = list(columns)
-        self.keys = (
-            None
-            if keys is None
-            else (keys.tolist() if isinstance(keys, np.ndarray) else list(keys))
         )
         opened = _Opened(self)
         try:
@@ -252,11 +250,11 @@ class StreamSource:
         self._opened = None
         arrays = state["tables"]
         if arrays is None:
-            self._tables = stream_tables(self._state().remote, self._roots, self._state().tables)
+            opened = self._state()
+            self._tables = stream_tables(opened.remote, self._roots, opened.tables)
         else:
             self._tables = [
-                StreamTable(a, r.schema, r.count, PieceMap.from_arrays(a))
-                for a, r in zip(arrays, self._roots, strict=True)
+                table_from_arrays(a, r) for a, r in zip(arrays, self._roots, strict=True)
             ]
         self._index = SampleIndex(self.columns, self._tables, self.keys)
         self._window = None
@@ -296,14 +294,6 @@ class StreamSource:
 
     # -- reading ---------------------------------------------------------
 
-    def _records(self, indices: Sequence[int] | np.ndarray) -> list[np.ndarray]:
-        index = self._index
-        at = np.asarray(indices, dtype=np.intp).reshape(-1)
-        if at.size and (int(at.min()) < 0 or int(at.max()) >= len(index)):
-            bad = int(at.min()) if int(at.min()) < 0 else int(at.max())
-            raise IndexError(f"sample index {bad} is out of range for {len(index)} samples")
-        return [at if p is None else p[at] for p in index.positions]
-
     def _pieces(self, c: int, records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The distinct pieces of some records of column ``c`` and, per record, which one
         (CorruptionError naming the key of a record the remote has no bytes for)."""
@@ -324,6 +314,17 @@ class StreamSource:
             int(pm.piece_end[piece]),
             functools.partial(self._check, table, piece),
         )
+
+    def _wanted_for(
+        self, records: list[np.ndarray], hot: list[dict[int, memoryview]]
+    ) -> list[Wanted]:
+        """The pieces of ``records`` (per column) that are not in ``hot``."""
+        return [
+            self._wanted(c, p)
+            for c, recs in enumerate(records)
+            for p in self._pieces(c, recs)[0].tolist()
+            if p not in hot[c]
+        ]
 
     def _check(self, table: StreamTable, piece: int, data: bytes) -> None:
         check_piece(data, table.pieces, piece, self._where(table, piece))
@@ -348,13 +349,7 @@ class StreamSource:
         if not state.fetcher.worth_prefetching():
             return
         try:
-            records = self._records(indices)
-            wanted = [
-                self._wanted(c, p)
-                for c, recs in enumerate(records)
-                for p in self._pieces(c, recs)[0].tolist()
-                if p not in state.hot[c]
-            ]
+            wanted = self._wanted_for(self._index.records(indices), state.hot)
         except (IndexError, CorruptionError):
             return  # the read itself will say so
         if wanted:
@@ -363,7 +358,7 @@ class StreamSource:
     def read(self, indices: Sequence[int] | np.ndarray) -> list[np.ndarray | list[Value]]:
         """The samples at ``indices``: one stacked array per fixed-shape column, a list of
         values for the others, in column order."""
-        records = self._records(indices)
+        records = self._index.records(indices)
         state = self._state()
         plans = [self._pieces(c, recs) for c, recs in enumerate(records)]
         columns: list[list[memoryview | None]] = []
@@ -454,13 +449,8 @@ class StreamSource:
         requests, fetched = fetcher.requests, fetcher.bytes
         n = len(self)
         for low in range(0, n, batch):
-            records = self._records(np.arange(low, min(low + batch, n)))
-            wanted = [
-                self._wanted(c, p)
-                for c, recs in enumerate(records)
-                for p in self._pieces(c, recs)[0].tolist()
-            ]
-            got = fetcher.get(wanted)
+            records = self._index.records(np.arange(low, min(low + batch, n)))
+            got = fetcher.get(self._wanted_for(records, [{} for _ in records]))
             if any(p.damaged is not None for p in got.values()):
                 self.read(np.arange(low, min(low + batch, n)))  # raises, naming the sample
             if progress is not None:

@@ -37,7 +37,8 @@ DATA_FOLDER = "data"
 _KINDS = ("ndarray", "str", "bytes")
 
 
-def _array_head(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+def array_head(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    """The head of every entry of an array of ``dtype`` and ``shape``."""
     name = dtype.str.encode()
     return struct.pack(f"<BB{len(name)}sB{len(shape)}Q", 0, len(name), name, len(shape), *shape)
 
@@ -48,13 +49,13 @@ def encode_sample(kind: str, payload: Payload) -> bytes:
         arr = np.asarray(payload)
         if not arr.flags.c_contiguous:  # (np.ascontiguousarray would make a 0-d array 1-d)
             arr = arr.copy(order="C")
-        return _array_head(arr.dtype, arr.shape) + arr.tobytes()
+        return array_head(arr.dtype, arr.shape) + arr.tobytes()
     return bytes([_KINDS.index(kind)]) + bytes(payload)
 
 
 def encode_rows(stacked: np.ndarray) -> list[bytes]:
     """The pack entries of equal-shape array samples stacked along the first axis."""
-    head = _array_head(stacked.dtype, stacked.shape[1:])
+    head = array_head(stacked.dtype, stacked.shape[1:])
     raw = np.ascontiguousarray(stacked).tobytes()
     step = len(raw) // len(stacked) if len(stacked) else 0
     return (
@@ -108,11 +109,6 @@ def entry_value(entry: bytes | memoryview) -> tuple[str, Payload]:
         return kind, np.frombuffer(entry, dtype, offset=3 + n + 8 * ndim).reshape(shape)
     except (IndexError, ValueError, TypeError, struct.error) as exc:
         raise ValueError(f"malformed sample entry: {exc}") from None
-
-
-def array_head(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
-    """The head of every entry of an array of ``dtype`` and ``shape``."""
-    return _array_head(dtype, shape)
 
 
 def _mismatch(digest: bytes, where: str) -> CorruptionError:

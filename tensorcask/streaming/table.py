@@ -35,6 +35,7 @@ __all__ = [
     "open_commit",
     "remote_gone",
     "stream_tables",
+    "table_from_arrays",
 ]
 
 _FORMAT = "stream-1"
@@ -138,7 +139,7 @@ def stream_tables(
             if arrays is None:
                 continue
             try:
-                out[i] = _table(dict(arrays.items()), root)
+                out[i] = table_from_arrays(dict(arrays.items()), root)
             except (KeyError, ValueError):
                 cache.forget(root.hash.hex())
     todo = [i for i in range(len(roots)) if i not in out]
@@ -150,7 +151,9 @@ def stream_tables(
     return [out[i] for i in range(len(roots))]
 
 
-def _table(arrays: dict[str, np.ndarray], root: ColumnRoot) -> StreamTable:
+def table_from_arrays(arrays: dict[str, np.ndarray], root: ColumnRoot) -> StreamTable:
+    """The table of ``root`` from the arrays :meth:`StreamTable.arrays` gave (KeyError or
+    ValueError if they do not make one)."""
     pieces = PieceMap.from_arrays(arrays)
     if len(pieces.record_piece) != root.count:
         raise ValueError("a saved streaming table has the wrong number of records")

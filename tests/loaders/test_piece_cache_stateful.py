@@ -28,18 +28,22 @@ LIMIT = 8000
 
 
 def _files(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    """The piece files (not the ledger, the lock, temporary files or claims)."""
+    return [
+        p
+        for p in root.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    ]
 
 
-class DiskCacheMachine(RuleBasedStateMachine):
+class _CacheModel(RuleBasedStateMachine):
+    """Put and get on ``self.cache`` against ``self.model`` (what was put under a name)."""
+
+    cache: DiskCache | MemoryCache
+
     def __init__(self) -> None:
         super().__init__()
-        self.root = Path(tempfile.mkdtemp(prefix="tc-piece-cache-"))
-        self.cache = DiskCache(self.root, LIMIT)
-        self.model: dict[str, bytes] = {}  # what was put last under each name
-
-    def teardown(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        self.model: dict[str, bytes] = {}
 
     @rule(name=NAMES, data=DATA)
     def put(self, name: str, data: bytes) -> None:
@@ -52,6 +56,16 @@ class DiskCacheMachine(RuleBasedStateMachine):
         got = self.cache.get(name)
         if got is not None:
             assert bytes(got) == self.model[name]
+
+
+class DiskCacheMachine(_CacheModel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.root = Path(tempfile.mkdtemp(prefix="tc-piece-cache-"))
+        self.cache = DiskCache(self.root, LIMIT)
+
+    def teardown(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
 
     @rule(name=NAMES)
     def get_in_another_process(self, name: str) -> None:
@@ -83,22 +97,10 @@ class DiskCacheMachine(RuleBasedStateMachine):
         assert sum(p.stat().st_size for p in _files(self.root)) <= LIMIT
 
 
-class MemoryCacheMachine(RuleBasedStateMachine):
+class MemoryCacheMachine(_CacheModel):
     def __init__(self) -> None:
         super().__init__()
         self.cache = MemoryCache(LIMIT)
-        self.model: dict[str, bytes] = {}
-
-    @rule(name=NAMES, data=DATA)
-    def put(self, name: str, data: bytes) -> None:
-        data = self.model.setdefault(name, data)
-        self.cache.put(name, data)
-
-    @rule(name=NAMES)
-    def get(self, name: str) -> None:
-        got = self.cache.get(name)
-        if got is not None:
-            assert bytes(got) == self.model[name]
 
     @invariant()
     def within_the_bound(self) -> None:
