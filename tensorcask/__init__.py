@@ -33,10 +33,12 @@ from .history.diff import ColumnDiff, Diff
 from .history.merge import Conflict
 from .history.objects import CommitInfo
 from .maintenance import GCReport, VerifyReport
+from .purge import PurgeReport
 from .remote.check import RemoteVerifyReport
 from .remote.clone import clone
 from .remote.sync import FetchResult, PushResult
 from .repository import Repository, init
+from .storage.tombstones import Tombstone
 
 __version__ = "0.1.0"
 
@@ -55,6 +57,7 @@ __all__ = [
     "FetchResult",
     "GCReport",
     "MergeConflictError",
+    "PurgeReport",
     "PurgedDataError",
     "PushResult",
     "ReadCheckout",
@@ -65,6 +68,7 @@ __all__ = [
     "Repository",
     "RepositoryNotFoundError",
     "SchemaError",
+    "Tombstone",
     "VerifyReport",
     "WriteCheckout",
     "WriterLockError",

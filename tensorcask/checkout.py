@@ -31,9 +31,11 @@ from .history.staging import DELETED, StagingState
 from .history.tree import EMPTY_ROOT
 from .keys import utf8, validate_name, validate_ref_name
 from .parts import RepositoryParts
+from .purge import lift, refuse
 from .storage.base import Payload
 from .storage.content import ContentStore
 from .storage.lock import WriterLock
+from .storage.tombstones import bump, update_gone
 
 __all__ = ["Checkout", "Columns", "ReadCheckout", "WriteCheckout"]
 
@@ -258,11 +260,14 @@ class _StagingWriter:
         store: ContentStore,
         lock: WriterLock,
         columns: dict[str, Column],
+        *,
+        allow_purged: bool = False,
     ) -> None:
         self.parts = parts
         self.store = store
         self.lock = lock
         self.columns = columns  # the checkout's own dict, updated in place
+        self.allow_purged = allow_purged
 
     def write(
         self,
@@ -270,17 +275,32 @@ class _StagingWriter:
         raw_keys: list[bytes],
         payloads: np.ndarray | list[Payload],
         digests: list[Any],
+        *,
+        allow_purged: bool = False,
     ) -> None:
         db, store = self.parts.db, self.store
         db.check_identity()  # never write payloads for a removed repository
         self.lock.check_owned()
         with db.read() as txn:
+            tombstones = store.tombstones_in(txn)
+            refused = []
+            if tombstones.active:
+                refused = tombstones.refused(column.name, raw_keys, digests)
+            if refused and not (allow_purged or self.allow_purged):
+                raise refuse(column.name, refused)
             missing = store.missing(txn, digests)
+        restored = [d for d in dict.fromkeys(digests) if d in tombstones.gone]
         schema = column.schema
         entries = store.append(schema.backend, schema.compression, payloads, digests, missing)
         with db.write() as txn:
             store.publish(txn, entries)
             self.parts.staging.put(txn, column.name, raw_keys, digests)
+            if refused:
+                lift(self.parts, column.name, refused, self.parts.who())
+            if restored and update_gone(db, txn, add=(), remove=restored):
+                bump(db, txn)
+        if refused or restored:
+            self.parts.store.purges_changed()
         store.maintain()
 
     def delete(self, column: Column, raw_key: bytes, *, staged_only: bool) -> None:
@@ -313,7 +333,7 @@ class WriteCheckout(Checkout):
 
     writable = True
 
-    def __init__(self, parts: RepositoryParts, branch: str) -> None:
+    def __init__(self, parts: RepositoryParts, branch: str, *, allow_purged: bool = False) -> None:
         if not isinstance(branch, str):
             raise TypeError(f"branch name must be a str, not {type(branch).__name__}")
         parts.require_writable("open a write checkout")
@@ -327,7 +347,7 @@ class WriteCheckout(Checkout):
             store = parts.writable_store()
             base = CommitId(state.base) if state.base else None
             columns: dict[str, Column] = {}
-            sink = _StagingWriter(parts, store, self._lock, columns)
+            sink = _StagingWriter(parts, store, self._lock, columns, allow_purged=allow_purged)
             super().__init__(parts, base, store, sink, columns)
             self._apply_staged_columns(state)
         except BaseException:

@@ -46,8 +46,14 @@ class StagingSink(Protocol):
         raw_keys: list[bytes],
         payloads: np.ndarray | list[Payload],
         digests: list[Any],
+        *,
+        allow_purged: bool = False,
     ) -> None:
-        """Store samples and stage their records, durably."""
+        """Store samples and stage their records, durably.
+
+        Purged content is refused (:class:`~tensorcask.errors.PurgedDataError`)
+        unless ``allow_purged`` (or the checkout allows it).
+        """
 
     def delete(self, column: Column, raw_key: bytes, *, staged_only: bool) -> None:
         """Stage the deletion of one key (``staged_only``: it exists only staged)."""
@@ -206,14 +212,16 @@ class Column:
         return loc
 
     def _read(self, digest: bytes, loc: Location, key: object) -> Payload:
+        raw = [encode_key(key)]
         try:
-            return cast(list[Payload], self._co.store.fetch([digest], [loc]))[0]
+            fetched = self._co.store.fetch([digest], [loc], column=self.name, keys=raw)
+            return cast(list[Payload], fetched)[0]
         except CorruptionError as exc:
             raise sample_error(exc, self.name, key) from exc
 
     def _read_record(self, table: ColumnTable, i: int, key: object) -> Payload:
         try:
-            return table.read_one(self._co.store, i)
+            return table.read_one(self._co.store, i, self.name)
         except CorruptionError as exc:
             raise sample_error(exc, self.name, key) from exc
 
@@ -273,7 +281,7 @@ class Column:
             shape = tuple(d for d in self.schema.shape or () if d is not None)
             return np.empty((0, *shape), dtype=self.schema.np_dtype)
         try:
-            payloads = self._co.store.fetch(digests, locs, stack=stack)
+            payloads = self._co.store.fetch(digests, locs, stack=stack, column=self.name, keys=raw)
         except CorruptionError:
             for key, digest, loc in zip(key_list, digests, locs, strict=True):
                 self._read(digest, loc, key)  # name the damaged key
@@ -290,7 +298,7 @@ class Column:
             missing = key_list[int(np.flatnonzero(positions < 0)[0])]
             raise KeyError(f"key {missing!r} is not in column {self.name!r}")
         try:
-            return cast(np.ndarray, table.read(self._co.store, positions))
+            return cast(np.ndarray, table.read(self._co.store, positions, self.name))
         except CorruptionError:
             for key, i in zip(key_list, positions.tolist(), strict=True):
                 self._read_record(table, i, key)  # name the damaged key
@@ -387,13 +395,23 @@ class Column:
             self._len = None
 
     def update(
-        self, data: Mapping[Key, Any] | Sequence[Key] | np.ndarray, values: Any = None
+        self,
+        data: Mapping[Key, Any] | Sequence[Key] | np.ndarray,
+        values: Any = None,
+        *,
+        allow_purged: bool = False,
     ) -> None:
         """Write many samples: ``update(mapping)`` or ``update(keys, batch)``.
 
         ``update(keys, batch)`` with a stacked array (leading axis = samples)
         is the fast path for fixed-shape columns. Every value is validated
         before anything is written.
+
+        Content that was purged (``repo.purge_content``, or a key purged with
+        the same content) raises :class:`~tensorcask.errors.PurgedDataError`
+        and nothing is written, unless ``allow_purged=True``: then it is
+        stored again and its tombstone lifted, which ``repo.tombstones()``
+        records.
         """
         self._check_writable()
         if values is None:
@@ -409,7 +427,7 @@ class Column:
             return
         payloads, digests = prepare_batch(self.schema, batch, len(raw_keys), self.name)
         self.flush()
-        self._writer.write(self, raw_keys, payloads, digests)
+        self._writer.write(self, raw_keys, payloads, digests, allow_purged=allow_purged)
         self._len = None
 
     def __delitem__(self, key: Key) -> None:

@@ -186,7 +186,33 @@ def sample_error(
 
 
 class PurgedDataError(CaskError):
-    """The requested sample or content was purged from history."""
+    """The requested sample or content was purged from history.
+
+    ``column``, ``key``, ``digest`` (hex) and ``reason`` name the purged
+    sample and why it was purged, where known; they survive pickling, and an
+    error rebuilt from its message alone (as torch's DataLoader does for one
+    raised in a worker) recovers the column and key from the message.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        column: str | None = None,
+        key: object = None,
+        digest: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        if column is None and key is None:
+            column, key, _ = _named_in(message)
+        self.column = column
+        self.key = key
+        self.digest = digest
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _restore, (type(self), self.args, self.__dict__)
 
 
 class DataNotLocalError(CaskError):

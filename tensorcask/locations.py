@@ -271,18 +271,23 @@ class ColumnTable(KeyedTable):
             if bad.any():
                 raise self.damaged[int(records[int(np.flatnonzero(bad)[0])])].again()
 
-    def read(self, store: ContentStore, records: np.ndarray) -> np.ndarray | list[Payload]:
+    def read(
+        self, store: ContentStore, records: np.ndarray, column: str | None = None
+    ) -> np.ndarray | list[Payload]:
         """The samples of ``records``, through the store's one read path.
 
         One fresh stacked array when the records are memmap rows
         (``segments`` is set), else a list of payloads. A damaged record
         raises :class:`~tensorcask.errors.CorruptionError` with its file path
-        (callers name the key).
+        (callers name the key); a purged one raises
+        :class:`~tensorcask.errors.PurgedDataError` naming ``column`` and the key.
         """
         self.check_records(records)
         digests = RecordDigests(self._arrays["digests"], records)
+        keys = RecordKeys(self, records)
         if self.segments is None:
-            return store.fetch(digests, [self.location(int(r)) for r in records])
+            locations = [self.location(int(r)) for r in records]
+            return store.fetch(digests, locations, column=column, keys=keys)
         assert self.rows is not None and self.checksums is not None
         shape = tuple(d for d in self.schema.shape or () if d is not None)
         rows = TableRows(
@@ -292,12 +297,38 @@ class ColumnTable(KeyedTable):
             str(self.schema.dtype),
             shape,
         )
-        return store.fetch(digests, rows)
+        return store.fetch(digests, rows, column=column, keys=keys)
 
-    def read_one(self, store: ContentStore, i: int) -> Payload:
+    def read_one(self, store: ContentStore, i: int, column: str | None = None) -> Payload:
         """The sample of record ``i``, through the store's one read path."""
         loc = self.location(i)
-        return cast(list[Payload], store.fetch([self.digest(i)], [loc]))[0]
+        fetched = store.fetch([self.digest(i)], [loc], column=column, keys=[self.key(i)])
+        return cast(list[Payload], fetched)[0]
+
+
+class RecordKeys(Sequence[bytes]):
+    """The encoded keys of some records of a table, read only when asked for
+    (a read names them only when one is purged)."""
+
+    __slots__ = ("_records", "_table")
+
+    def __init__(self, table: KeyedTable, records: np.ndarray) -> None:
+        self._table = table
+        self._records = records
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    @overload
+    def __getitem__(self, i: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[bytes]: ...
+
+    def __getitem__(self, i: int | slice) -> bytes | list[bytes]:
+        if isinstance(i, slice):
+            return [self._table.key(r) for r in self._records[i].tolist()]
+        return self._table.key(int(self._records[i]))
 
 
 class RecordDigests(Sequence[bytes]):

@@ -16,9 +16,11 @@ from .history.refs import HEADS, REMOTES, TAGS
 from .history.tree import Node
 from .keys import decode_key
 from .parts import RepositoryParts
+from .purge import finish_pending
 from .samples import prepare_one
 from .storage.base import Location, Payload
 from .storage.content import ContentStore
+from .storage.tombstones import load_tombstones
 
 __all__ = ["GCReport", "Progress", "VerifyReport", "collect_garbage", "verify_repository"]
 
@@ -35,6 +37,8 @@ class VerifyReport:
     full: bool = False
     not_local: int = 0
     """Samples a partial clone has not fetched (not a problem: they are on its remote)."""
+    purged: int = 0
+    """Records of purged samples (not a problem: their bytes were removed on purpose)."""
 
     def add(self, problem: str) -> None:
         """Record one problem."""
@@ -49,6 +53,8 @@ class VerifyReport:
         )
         if self.not_local:
             head += f" ({self.not_local} samples not fetched into this partial clone)"
+        if self.purged:
+            head += f" ({self.purged} records of purged samples)"
         return "\n".join([head, *self.problems])
 
 
@@ -115,10 +121,13 @@ def verify_repository(
             starts = []
     seen: set[bytes] = set()
     checker = _SampleChecker(parts.store, full, report, progress)
+    tombstones = parts.store.tombstones(fresh=True)
 
     def leaf(column: str, schema: ColumnSchema, page: Node) -> None:
         for raw_key, digest in zip(page.keys, page.values(), strict=True):
-            if digest not in seen:
+            if tombstones.active and tombstones.find(column, raw_key, digest) is not None:
+                report.purged += 1
+            elif digest not in seen:
                 seen.add(digest)
                 checker.add(column, schema, raw_key, digest)
 
@@ -226,6 +235,7 @@ def collect_garbage(parts: RepositoryParts, progress: Progress | None = None) ->
     live = reachable(parts.history, _ref_targets(parts), progress=progress)
     with parts.db.read() as txn:
         live.digests.update(parts.staging.digests(txn))
+        live.digests.difference_update(load_tombstones(parts.db, txn).gone)
     objects = parts.objects
     live_commits = {bytes.fromhex(c) for c in live.commits}
     with parts.db.write():  # one transaction: all history objects go, or none
@@ -237,6 +247,7 @@ def collect_garbage(parts: RepositoryParts, progress: Progress | None = None) ->
         )
     store = parts.writable_store()
     try:
+        finish_pending(parts, store)  # a purge a crash interrupted
         report.samples = store.index.retain(live.digests)
         live_segments: set[tuple[str, int]] = set()
         with parts.db.read() as txn:

@@ -40,6 +40,7 @@ from .layout import CACHE_DIR, DATA_DIR, FORMAT_FILE, WRITER_LOCK_FILE
 from .locations import ColumnTable, ColumnTables
 from .storage.content import ContentStore
 from .storage.lock import WriterLock
+from .storage.tombstones import default_who
 from .table_cache import TableCache
 
 __all__ = ["FORMAT_TEXT", "FORMAT_VERSION", "RepositoryParts", "read_format", "tree_bytes"]
@@ -177,6 +178,11 @@ class RepositoryParts:
             else:
                 config[key] = value
             self.db.put_json(txn, "config", config)
+
+    def who(self) -> str:
+        """Who acts, for records that keep it (``name <email>`` as configured)."""
+        config = self.config()
+        return default_who(config.get("user_name"), config.get("user_email"))
 
     def table_cache_bytes(self) -> int:
         """The bound of the column-table cache (configured, else the default)."""

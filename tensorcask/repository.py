@@ -30,6 +30,7 @@ from .keys import utf8, validate_ref_name
 from .layout import DATA_DIR, FORMAT_FILE, META_DIR, WRITER_LOCK_FILE
 from .maintenance import GCReport, Progress, VerifyReport, collect_garbage, verify_repository
 from .parts import FORMAT_TEXT, RepositoryParts
+from .purge import PurgeMethods
 from .remote.methods import RemoteMethods
 from .report import render_summary
 from .storage.db import MetaDB
@@ -135,7 +136,7 @@ def init(
     return Repository(root)
 
 
-class Repository(RemoteMethods):
+class Repository(RemoteMethods, PurgeMethods):
     """An existing repository on local disk.
 
     Parameters
@@ -205,11 +206,21 @@ class Repository(RemoteMethods):
 
     @overload
     def checkout(
-        self, write: Literal[True], *, branch: str | None = None, commit: str | None = None
+        self,
+        write: Literal[True],
+        *,
+        branch: str | None = None,
+        commit: str | None = None,
+        allow_purged: bool = False,
     ) -> WriteCheckout: ...
 
     def checkout(
-        self, write: bool = False, *, branch: str | None = None, commit: str | None = None
+        self,
+        write: bool = False,
+        *,
+        branch: str | None = None,
+        commit: str | None = None,
+        allow_purged: bool = False,
     ) -> ReadCheckout | WriteCheckout:
         """Open a checkout.
 
@@ -217,6 +228,10 @@ class Repository(RemoteMethods):
         branch) and makes it the current branch. Otherwise a read-only
         checkout pinned to ``commit`` (any ref) or to ``branch``'s head now
         (default: the current branch).
+
+        ``allow_purged=True`` (write checkouts) lets every write of this
+        checkout store purged content again, lifting its tombstones (see
+        :meth:`purge`).
         """
         self._check_alive()
         if write:
@@ -224,7 +239,13 @@ class Repository(RemoteMethods):
                 raise ValueError(
                     "a write checkout writes to a branch head; pass branch=, not commit="
                 )
-            return WriteCheckout(self._parts, branch if branch is not None else self.current_branch)
+            return WriteCheckout(
+                self._parts,
+                branch if branch is not None else self.current_branch,
+                allow_purged=allow_purged,
+            )
+        if allow_purged:
+            raise ValueError("allow_purged applies to write checkouts (write=True)")
         if commit is not None and branch is not None:
             raise ValueError("pass either branch= or commit=, not both")
         ref = commit if commit is not None else branch

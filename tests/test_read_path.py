@@ -237,16 +237,19 @@ def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
         *,
         stack: bool = False,
         durable: bool = False,
+        **named: Any,
     ) -> Any:
         with state.lock:
             state.in_flight += 1
         try:
-            return gated(self, digests, where, stack=stack, durable=durable)
+            return gated(self, digests, where, stack=stack, durable=durable, **named)
         finally:
             with state.lock:
                 state.in_flight -= 1
 
-    def gated(self: ContentStore, digests: Any, where: Any, *, stack: bool, durable: bool) -> Any:
+    def gated(
+        self: ContentStore, digests: Any, where: Any, *, stack: bool, durable: bool, **named: Any
+    ) -> Any:
         asked = [bytes(d) for d in digests]
         if isinstance(where, TableRows):
             mode, count = "rows", len(where.rows)
@@ -263,7 +266,7 @@ def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
                 raise Purged(f"{MARK}: content {digest.hex()} was purged")
         token = _inside_fetch.set(True)
         try:
-            out = original(self, digests, where, stack=stack, durable=durable)
+            out = original(self, digests, where, stack=stack, durable=durable, **named)
         finally:
             _inside_fetch.reset(token)
         # The digests handed to fetch are those of what it returns: a check on

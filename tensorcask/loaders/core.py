@@ -35,6 +35,7 @@ from ..parts import RepositoryParts
 from ..repository import Repository
 from ..samples import Value, from_payload
 from ..storage.content import ContentStore
+from ..storage.tombstones import Tombstones
 
 __all__ = ["RepoSource", "SampleIndex", "selection"]
 
@@ -96,6 +97,22 @@ class SampleIndex(Generic[TableT]):
             self.positions = [t.positions(ordered) for t in self.tables]
         if warn and keys is None:
             self._warn_left_out()
+
+    def leave_out(self, samples: np.ndarray) -> None:
+        """Drop the samples at indices ``samples``; the others keep their order."""
+        if len(samples):
+            keep = np.ones(len(self), bool)
+            keep[samples] = False
+            kept = np.flatnonzero(keep)
+            self.positions = [kept if p is None else p[keep] for p in self.positions]
+
+    def purged(self, tombstones: Tombstones) -> np.ndarray:
+        """The samples (indices) that a column of which is purged, in order."""
+        hit = np.zeros(len(self), bool)
+        for name, table, at in zip(self.names, self.tables, self.positions, strict=True):
+            rows = tombstones.purged_rows(name, table.arrays()["digests"], table.positions)
+            hit |= rows if at is None else rows[at]
+        return np.flatnonzero(hit)
 
     def _warn_left_out(self) -> None:
         """Warn, naming each column, when samples of some columns are left out (the
@@ -167,6 +184,12 @@ class RepoSource:
     keys:
         Restrict and order the samples (default: keys present in every
         column, sorted).
+    skip_purged:
+        Leave out samples purged from the repository (a column of which is
+        purged), instead of raising :class:`~tensorcask.errors.PurgedDataError`
+        when one is read. Which samples are left out is decided here, once,
+        and travels with the source to every worker and rank, so all of them
+        see the same samples in the same order.
     """
 
     def __init__(
@@ -175,8 +198,12 @@ class RepoSource:
         columns: Sequence[str],
         commit: str | None = None,
         keys: Sequence[Key] | np.ndarray | None = None,
+        *,
+        skip_purged: bool = False,
     ) -> None:
         self.columns, self.keys = selection(columns, keys)
+        self.skip_purged = skip_purged
+        self.skipped: np.ndarray | None = None
         opened = repo if isinstance(repo, Repository) else Repository(repo)
         self.path = opened.path
         self.read_only = opened.read_only
@@ -202,6 +229,8 @@ class RepoSource:
             "commit": self.commit,
             "keys": self.keys,
             "read_only": self.read_only,
+            "skip_purged": self.skip_purged,
+            "skipped": self.skipped,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -210,6 +239,8 @@ class RepoSource:
         self.commit = state["commit"]
         self.keys = state["keys"]
         self.read_only = bool(state.get("read_only", False))
+        self.skip_purged = bool(state.get("skip_purged", False))
+        self.skipped = state.get("skipped")
         self._opened = None
 
     def _attach(self, parts: RepositoryParts, *, warn: bool = False) -> None:
@@ -223,6 +254,10 @@ class RepoSource:
         chosen = [roots[c] for c in self.columns]
         tables = [parts.column_table(root) for root in chosen]
         index = SampleIndex(self.columns, tables, self.keys, warn=warn)
+        if self.skip_purged and self.skipped is None:
+            self.skipped = index.purged(parts.store.tombstones(fresh=True))
+        if self.skipped is not None:
+            index.leave_out(self.skipped)
         self._opened = (os.getpid(), parts, index, chosen)
 
     def _state(self) -> tuple[RepositoryParts, SampleIndex[ColumnTable], list[ColumnRoot]]:
@@ -274,7 +309,7 @@ class RepoSource:
     ) -> np.ndarray | list[Value]:
         store = parts.store
         try:
-            payloads = table.read(store, records)
+            payloads = table.read(store, records, name)
         except CorruptionError as exc:
             parts.check_alive()  # a repository removed under us is not "damaged"
             raise self._damaged(store, name, table, records, exc) from exc
@@ -293,7 +328,7 @@ class RepoSource:
         """Find the damaged sample of a failed batch read and name it."""
         for r in records.tolist():
             try:
-                table.read_one(store, r)
+                table.read_one(store, r, name)
             except CorruptionError as bad:
                 return sample_error(bad, name, decode_key(table.key(r)), self.commit)
         return exc

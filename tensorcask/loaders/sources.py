@@ -41,6 +41,7 @@ def open_source(
     storage_options: dict[str, Any] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     cache_limit_bytes: int | None = None,
+    skip_purged: bool = False,
 ) -> Source:
     """The source of a dataset: a :class:`StreamSource` for a URL, else a local
     :class:`~tensorcask.loaders.core.RepoSource`."""
@@ -54,6 +55,7 @@ def open_source(
             storage_options=storage_options,
             cache_dir=cache_dir,
             cache_limit_bytes=cache_limit_bytes,
+            skip_purged=skip_purged,
         )
     given = [
         name
@@ -69,7 +71,7 @@ def open_source(
             f"{given[0]}= applies to a remote URL (s3://..., file://...), not to the local "
             f"repository {os.fspath(repo) if not isinstance(repo, Repository) else repo.path}"
         )
-    return RepoSource(repo, columns, commit, keys)
+    return RepoSource(repo, columns, commit, keys, skip_purged=skip_purged)
 
 
 def warm_cache(

@@ -17,6 +17,7 @@ with DataLoader workers under fork and spawn.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -30,10 +31,13 @@ from ..errors import CorruptionError, RemoteError, sample_error
 from ..history.objects import ColumnRoot, CommitId
 from ..keys import Key, decode_key
 from ..layout import FORMAT_FILE
+from ..locations import RecordDigests, RecordKeys
 from ..parts import tree_bytes
 from ..remote.remote import Remote
 from ..remote.samples import array_head, check_entries, entry_value
+from ..remote.tombstones import read_records
 from ..samples import Value, from_payload
+from ..storage.tombstones import build_tombstones
 from ..streaming.cache import (
     DEFAULT_DISK_LIMIT,
     DEFAULT_MEMORY_LIMIT,
@@ -170,6 +174,10 @@ class StreamSource:
         names it; None keeps pieces in each process's memory.
     cache_limit_bytes:
         The cache's bound (default 16 GiB on disk, 512 MiB in memory).
+    skip_purged:
+        Leave out samples the remote's purge records name, instead of raising
+        :class:`~tensorcask.errors.PurgedDataError` when one is read (decided
+        here, once, for every worker and rank).
     """
 
     def __init__(
@@ -182,8 +190,10 @@ class StreamSource:
         storage_options: dict[str, Any] | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         cache_limit_bytes: int | None = None,
+        skip_purged: bool = False,
     ) -> None:
         self.columns, self.keys = selection(columns, keys)
+        self.skip_purged = skip_purged
         self.url = url
         self.storage_options = dict(storage_options or {})
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
@@ -215,9 +225,35 @@ class StreamSource:
             )
         self._roots = [found[c] for c in self.columns]
         self._opened: _Opened | None = opened
-        self._tables = stream_tables(opened.remote, self._roots, opened.tables)
+        records = read_records(opened.remote)
+        self._purges = sorted(records.values(), key=lambda d: (d.get("time", 0), d["id"]))
+        self._tombstones = build_tombstones(len(self._purges), self._purges, set())
+        self._tables = self._open_tables(opened)
         self._index = SampleIndex(self.columns, self._tables, self.keys, warn=True)
+        self.skipped: np.ndarray | None = None
+        if skip_purged and self._tombstones.active:
+            self.skipped = self._index.purged(self._tombstones)
+            self._index.leave_out(self.skipped)
+        if records:
+            opened.remote.data.refresh()
+            packs = {p for index in opened.remote.data.indexes() for p, _ in index.packs}
+            opened.pieces.retain_packs(packs, self._purge_mark)
         self._window: int | None = None
+
+    @property
+    def _purge_mark(self) -> str:
+        """A name for the remote's purge records ("" when it has none)."""
+        if not self._purges:
+            return ""
+        ids = "".join(sorted(d["id"] for d in self._purges)).encode()
+        return "-purged-" + hashlib.blake2b(ids, digest_size=8).hexdigest()
+
+    def _open_tables(self, opened: _Opened) -> list[StreamTable]:
+        def purged(c: int, table: StreamTable) -> np.ndarray:
+            digests = table.arrays()["digests"]
+            return self._tombstones.purged_rows(self.columns[c], digests, table.positions)
+
+        return stream_tables(opened.remote, self._roots, opened.tables, self._purge_mark, purged)
 
     @property
     def path(self) -> str:
@@ -234,6 +270,9 @@ class StreamSource:
             "commit": self.commit,
             "keys": self.keys,
             "roots": self._roots,
+            "purges": self._purges,
+            "skip_purged": self.skip_purged,
+            "skipped": self.skipped,
             # without a cache folder to load them from, the tables travel along
             "tables": None if self.cache_dir is not None else [t.arrays() for t in self._tables],
         }
@@ -247,16 +286,21 @@ class StreamSource:
         self.commit = state["commit"]
         self.keys = state["keys"]
         self._roots = state["roots"]
+        self._purges = state["purges"]
+        self._tombstones = build_tombstones(len(self._purges), self._purges, set())
+        self.skip_purged = state["skip_purged"]
+        self.skipped = state["skipped"]
         self._opened = None
         arrays = state["tables"]
         if arrays is None:
-            opened = self._state()
-            self._tables = stream_tables(opened.remote, self._roots, opened.tables)
+            self._tables = self._open_tables(self._state())
         else:
             self._tables = [
                 table_from_arrays(a, r) for a, r in zip(arrays, self._roots, strict=True)
             ]
         self._index = SampleIndex(self.columns, self._tables, self.keys)
+        if self.skipped is not None:
+            self._index.leave_out(self.skipped)
         self._window = None
 
     def _state(self) -> _Opened:
@@ -360,6 +404,11 @@ class StreamSource:
         values for the others, in column order."""
         records = self._index.records(indices)
         state = self._state()
+        if self._tombstones.active:
+            for c, recs in enumerate(records):
+                table = self._tables[c]
+                digests = RecordDigests(table.arrays()["digests"], recs)
+                self._tombstones.check(digests, self.columns[c], RecordKeys(table, recs))
         plans = [self._pieces(c, recs) for c, recs in enumerate(records)]
         columns: list[list[memoryview | None]] = []
         wanted: dict[tuple[int, int], tuple[int, Wanted]] = {}
@@ -448,8 +497,10 @@ class StreamSource:
         fetcher = state.fetcher
         requests, fetched = fetcher.requests, fetcher.bytes
         n = len(self)
+        purged = [self._purged(c) for c in range(len(self.columns))]
         for low in range(0, n, batch):
             records = self._index.records(np.arange(low, min(low + batch, n)))
+            records = [r[~purged[c][r]] for c, r in enumerate(records)]
             got = fetcher.get(self._wanted_for(records, [{} for _ in records]))
             if any(p.damaged is not None for p in got.values()):
                 self.read(np.arange(low, min(low + batch, n)))  # raises, naming the sample
@@ -463,6 +514,12 @@ class StreamSource:
             cached=state.pieces.usage() if self.cache_dir is None else tree_bytes(self.cache_dir),
             limit=self.cache_limit_bytes,
         )
+
+    def _purged(self, c: int) -> np.ndarray:
+        """Which records of column ``c`` are purged (a bool mask over its table)."""
+        table = self._tables[c]
+        digests = table.arrays()["digests"]
+        return self._tombstones.purged_rows(self.columns[c], digests, table.positions)
 
     def close(self) -> None:
         """Stop this process's background prefetching."""

@@ -171,6 +171,7 @@ def repo_dataset(
     storage_options: dict[str, Any] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     cache_limit_bytes: int | None = None,
+    skip_purged: bool = False,
 ) -> Any:
     """A ``tf.data.Dataset`` of the samples of ``columns`` at one commit.
 
@@ -205,6 +206,10 @@ def repo_dataset(
     storage_options, cache_dir, cache_limit_bytes:
         For a remote URL only, as for
         :func:`tensorcask.loaders.torch.repo_dataset`.
+    skip_purged:
+        Leave out purged samples instead of raising
+        :class:`~tensorcask.errors.PurgedDataError`, as for
+        :func:`tensorcask.loaders.torch.repo_dataset`.
 
     Returns
     -------
@@ -231,6 +236,7 @@ def repo_dataset(
         storage_options=storage_options,
         cache_dir=cache_dir,
         cache_limit_bytes=cache_limit_bytes,
+        skip_purged=skip_purged,
     )
     roots = source.roots
     specs = [_column(name, root.schema) for name, root in zip(source.columns, roots, strict=True)]

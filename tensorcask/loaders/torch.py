@@ -465,6 +465,7 @@ def repo_dataset(
     storage_options: dict[str, Any] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     cache_limit_bytes: int | None = None,
+    skip_purged: bool = False,
 ) -> RepoDataset:
     """A map-style ``torch.utils.data.Dataset`` over ``columns`` of one commit.
 
@@ -492,6 +493,11 @@ def repo_dataset(
         each process's memory), and the cache's bound in bytes (default
         16 GiB on disk, 512 MiB in memory). See
         :class:`~tensorcask.loaders.stream.StreamSource`.
+    skip_purged:
+        Leave out samples purged from the repository (``repo.purge``)
+        instead of raising :class:`~tensorcask.errors.PurgedDataError` when
+        one is read. Decided once, when the dataset is made, so every worker
+        and rank leaves out the same samples and the order stays the same.
 
     The dataset never shuffles; use the ``DataLoader``'s ``shuffle=`` or a
     sampler such as ``DistributedSampler``. With batching, torch calls
@@ -505,6 +511,7 @@ def repo_dataset(
         storage_options=storage_options,
         cache_dir=cache_dir,
         cache_limit_bytes=cache_limit_bytes,
+        skip_purged=skip_purged,
     )
     return RepoDataset(source, transform)
 
@@ -525,12 +532,15 @@ def repo_iterable_dataset(
     storage_options: dict[str, Any] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     cache_limit_bytes: int | None = None,
+    skip_purged: bool = False,
 ) -> RepoIterableDataset:
     """An iterable ``torch.utils.data.IterableDataset`` over ``columns`` of one commit.
 
     Parameters
     ----------
     repo, columns, commit, keys, transform, storage_options, cache_dir, cache_limit_bytes:
+        As for :func:`repo_dataset`.
+    skip_purged:
         As for :func:`repo_dataset`.
     shuffle, seed:
         With ``shuffle=True`` each epoch's order is a permutation drawn from
@@ -560,6 +570,7 @@ def repo_iterable_dataset(
         storage_options=storage_options,
         cache_dir=cache_dir,
         cache_limit_bytes=cache_limit_bytes,
+        skip_purged=skip_purged,
     )
     return RepoIterableDataset(
         source,

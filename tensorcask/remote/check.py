@@ -15,6 +15,7 @@ from .packs import PackIndex, decode_index, pack_id, unit_name
 from .packset import PackSet
 from .remote import Remote
 from .samples import DATA_FOLDER, decode_sample
+from .tombstones import remote_tombstones
 
 __all__ = ["RemoteVerifyReport", "verify_remote"]
 
@@ -33,6 +34,8 @@ class RemoteVerifyReport:
     samples: int = 0
     bytes: int = 0
     refs: int = 0
+    purged: int = 0
+    """Samples the history refers to that a purge removed on purpose (not a problem)."""
 
     def add(self, problem: str) -> None:
         """Record one problem."""
@@ -45,6 +48,8 @@ class RemoteVerifyReport:
             f"{self.objects} history objects, {self.samples} samples ({self.bytes} bytes): "
             + ("ok" if self.ok else f"{len(self.problems)} problem(s)")
         )
+        if self.purged:
+            head += f" ({self.purged} purged samples removed)"
         return "\n".join([head, *self.problems])
 
 
@@ -72,6 +77,11 @@ def verify_remote(
     except _PROBLEMS as exc:  # a damaged index: reported above, and here what it hides
         report.add(f"cannot check what the refs reach: {exc}")
         missing = []
+    if missing:
+        tombstones = remote_tombstones(remote)
+        purged = {bytes.fromhex(t.digest) for t in tombstones.listing if t.lifted is None}
+        report.purged = sum(d in purged for d in missing)
+        missing = [d for d in missing if d not in purged]
     for digest in missing[:20]:
         report.add(
             f"sample {digest.hex()[:16]} is referred to by history but missing from the remote"

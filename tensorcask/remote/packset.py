@@ -347,6 +347,72 @@ class PackSet:
             self._replace([index], doomed)
         return len(doomed)
 
+    def remove_entries(self, names: Sequence[bytes]) -> int:
+        """Remove entries (a purge) by rewriting only the packs that hold them; how many.
+
+        Each such pack is written again without them, its other entries in
+        their order, and the index that named it is replaced: by the new
+        pack's own index, or for a multi-pack index by one over its other
+        packs. The new files are written before the old ones are removed, so
+        every other entry stays findable throughout.
+        """
+        self.refresh()
+        doomed = np.array(sorted({entry_key(n) for n in names}), dtype=f"S{KEY_BYTES}")
+        removed: set[bytes] = set()
+        rewritten: set[str] = set()  # a pack two indexes name is rewritten once
+        for index in self.indexes():
+            at = index.find(doomed)
+            hits = at[at >= 0]
+            if not len(hits):
+                continue
+            removed.update(index.keys[hits].tolist())
+            gone = np.zeros(len(index.keys), bool)
+            gone[hits] = True
+            touched = set(np.unique(index.entry_pack[hits]).tolist())
+            for p in sorted(touched):
+                if index.packs[p][0] not in rewritten:
+                    self._rewrite_pack(index, p, gone)
+                    rewritten.add(index.packs[p][0])
+            kept = [i for i in range(len(index.packs)) if i not in touched]
+            rest = np.flatnonzero(np.isin(index.entry_pack, kept))
+            if len(rest):
+                renumber = np.zeros(len(index.packs), np.uint32)
+                renumber[kept] = np.arange(len(kept))
+                others = PackIndex(
+                    "",
+                    tuple(index.packs[i] for i in kept),
+                    index.keys[rest],
+                    renumber[index.entry_pack[rest]],
+                    index.offsets[rest],
+                    index.sizes[rest],
+                )
+                unit, data = encode_multi_index([others])
+                self.transport.put(self.path(unit), data)
+                self._add(decode_index(unit, data, self.path(unit)))
+            self.transport.remove([self.path(index.unit)])
+            with self._lock:
+                self._units.pop(index.unit, None)
+        self.transport.remove([self.path(p, ".pack") for p in sorted(rewritten)])
+        with self._lock:
+            for p in rewritten:
+                self._whole.pop(p, None)
+        return len(removed)
+
+    def _rewrite_pack(self, index: PackIndex, p: int, gone: np.ndarray) -> None:
+        """Write pack ``p`` of ``index`` again without the entries ``gone`` marks."""
+        members = np.flatnonzero((index.entry_pack == p) & ~gone)
+        members = members[np.argsort(index.offsets[members], kind="stable")]
+        pack = index.entry_pack[members]
+        where = Located(list(index.packs), pack, index.offsets[members], index.sizes[members])
+        names = [name_of_key(k) for k in index.keys[members].tolist()]
+        data = self.read(where)
+        if any(d is None for d in data):
+            raise RemoteError(
+                f"cannot rewrite {self.path(index.packs[p][0], '.pack')} without purged entries: "
+                "some of its other entries could not be read; nothing was removed"
+            )
+        self.write([(n, d) for n, d in zip(names, data, strict=True) if d is not None])
+
     def _replace(self, units: list[PackIndex], drop: AbstractSet[bytes] = frozenset()) -> None:
         """Write the entries of ``units`` (less ``drop``) as one pack, then remove the units
         and their packs.

@@ -35,6 +35,7 @@ from ..history.store import History
 from ..history.tree import Node
 from ..keys import encode_keys
 from ..parts import RepositoryParts
+from . import tombstones as purge_records
 from .remote import LayeredObjects, Remote
 from .transfer import Transfer, download_samples, locate_local, note, upload_samples
 
@@ -54,6 +55,8 @@ class PushResult:
         samples, and bytes in all.
     tags:
         Tags created on the remote.
+    purged:
+        Purged contents removed from the remote's data packs.
     """
 
     branch: str
@@ -63,6 +66,7 @@ class PushResult:
     samples: int = 0
     bytes: int = 0
     tags: list[str] = field(default_factory=list)
+    purged: int = 0
 
 
 @dataclass
@@ -103,7 +107,9 @@ def push(
     if head is None:
         known = ", ".join(sorted(parts.refs.listing(HEADS))) or "none yet: make a first commit"
         raise RefNotFoundError(f"no branch named {branch!r} to push (branches: {known})")
-    remote.check_format(create=False)  # refuses a remote of a newer format
+    exists = remote.check_format(create=False)  # refuses a remote of a newer format
+    # Purges made elsewhere first: what they removed here is then never uploaded.
+    records = purge_records.exchange(parts, remote) if exists else set()
     theirs_all, damaged = remote.refs.scan()
     if HEADS + branch in damaged and not force:
         raise damaged[HEADS + branch]
@@ -142,7 +148,8 @@ def push(
                 kinds.setdefault(digest, schema.kind)
 
     walk = reachable(history, [head], excluding=have, on_leaf=on_leaf)
-    located = locate_local(parts, remote, list(walk.digests))
+    purged = purge_records.purged_contents(parts)
+    located = locate_local(parts, remote, [d for d in walk.digests if d not in purged])
     remote.check_format(create=True)  # nothing is written to a remote before this point
     moved = upload_samples(parts, remote, located, kinds, progress)
     result.samples, result.bytes = moved.samples, moved.bytes
@@ -162,6 +169,8 @@ def push(
     result.commits, result.objects = len(walk.commits), len(batch)
     note(progress, "objects", len(batch), len(batch))
     result.tags = _push_tags(parts, remote, head, {*theirs_all, *damaged})
+    purge_records.upload_records(parts, remote, records)
+    result.purged = purge_records.remove_purged(parts, remote)
     if theirs != head or HEADS + branch in damaged:
         if force:  # whatever it holds now, even a damaged version
             swapped = remote.refs.overwrite(HEADS + branch, head)
@@ -250,6 +259,7 @@ def fetch(
         heads = {b: heads[b] for b in wanted}
     tags = {n[len(TAGS) :]: c for n, c in listing.items() if n.startswith(TAGS)}
     result = FetchResult(heads=dict(heads))
+    purge_records.exchange(parts, remote)
     with parts.writer_lock():
         layered = LayeredObjects(parts.objects, remote.objects)
         walked = History(layered, remote.refs)
@@ -277,7 +287,9 @@ def fetch(
             walked, starts, excluding=local_heads, digests=data, on_leaf=on_leaf if data else None
         )
         if data:
-            moved = download_samples(parts, remote, {d: schemas[d] for d in walk.digests}, progress)
+            purged = purge_records.purged_contents(parts)
+            chosen = {d: schemas[d] for d in walk.digests if d not in purged}
+            moved = download_samples(parts, remote, chosen, progress)
             result.samples, result.bytes = moved.samples, moved.bytes
         # The walk loaded every commit and object it reports through `walked`, which
         # checks each against its name before decoding it; store those same bytes.
@@ -336,6 +348,9 @@ def fetch_data(
         for digest in digests:
             if digest is not None:
                 wanted.setdefault(digest, root.schema)
+    purge_records.exchange(parts, remote)
+    for digest in purge_records.purged_contents(parts):
+        wanted.pop(digest, None)
     with parts.writer_lock():
         moved = download_samples(parts, remote, wanted, progress)
     return FetchResult(samples=moved.samples, bytes=moved.bytes)

@@ -321,3 +321,18 @@ class Backend(ABC):
     @abstractmethod
     def remove_segment(self, segment: int) -> None:
         """Delete a whole segment (garbage collection of unreferenced data)."""
+
+    @abstractmethod
+    def scrub(self, locations: Sequence[Location]) -> int:
+        """Overwrite the stored bytes of ``locations`` so no file of this backend keeps them.
+
+        The purge of samples: every other payload keeps its location and
+        bytes. Durable when it returns. Idempotent: a location scrubbed
+        before, or in a segment that is gone, is skipped. A read of a
+        scrubbed location fails its checksum. Writable instances only.
+
+        Returns
+        -------
+        int
+            The number of payload bytes overwritten.
+        """

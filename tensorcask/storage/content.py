@@ -10,6 +10,7 @@ bytes, which ``gc`` reclaims.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,10 +24,13 @@ from .backends import open_backend
 from .base import Backend, Location, Payload, TableRows
 from .db import MetaDB
 from .index import ContentIndex, Found
+from .tombstones import Tombstones, generation, load_tombstones
 
 __all__ = ["ContentStore"]
 
 _CACHE_LIMIT = 1 << 20
+_PURGES_CHECKED_EVERY = 0.5
+"""Seconds between looks for another process's purges (see :meth:`ContentStore.tombstones`)."""
 
 
 class ContentStore:
@@ -58,6 +62,40 @@ class ContentStore:
         self._owner: dict[tuple[str, int], Backend] = {}
         self._locations: dict[bytes, Location] = {}
         self.index = ContentIndex(db, self.data_dir.parent / INDEX_DIR)
+        self._tombstones: Tombstones | None = None
+        self._tombstones_checked = 0.0
+
+    def tombstones(self, *, fresh: bool = False) -> Tombstones:
+        """The tombstones in force (see :mod:`~tensorcask.storage.tombstones`).
+
+        Loaded once, then looked at again for a purge by another process at
+        most every half second (``fresh``: now): a read started after a purge
+        committed plus that delay never returns purged bytes, and one that
+        meets bytes a purge overwrote sooner says so (see :meth:`fetch`).
+        """
+        known = self._tombstones
+        now = time.monotonic()
+        if known is None or fresh or now - self._tombstones_checked > _PURGES_CHECKED_EVERY:
+            with self.db.read() as txn:
+                known = self.tombstones_in(txn)
+            self._tombstones_checked = now
+        return known
+
+    def purges_changed(self) -> None:
+        """Forget what a purge in this process may have changed: locations, tombstones
+        and backend handles (whose caches may hold purged bytes)."""
+        self.forget_all()
+        self.close()
+        self.tombstones(fresh=True)
+
+    def tombstones_in(self, txn: lmdb.Transaction) -> Tombstones:
+        """The tombstones of the snapshot ``txn`` reads."""
+        known = self._tombstones
+        if known is None or generation(self.db, txn) != known.generation:
+            if known is not None:
+                self._locations.clear()  # purged content stored again moved
+            known = self._tombstones = load_tombstones(self.db, txn)
+        return known
 
     def backend(self, name: str, compression: str | None = None) -> Backend:
         """The backend instance for ``name`` (and compression), opened lazily."""
@@ -82,6 +120,7 @@ class ContentStore:
         unique = list(dict.fromkeys(digests))
         found = self.index.lookup(txn, unique)
         stored = {d for d, loc in zip(unique, found, strict=True) if isinstance(loc, bytes)}
+        stored.difference_update(self.tombstones_in(txn).gone)  # a purge overwrote their bytes
         first: dict[bytes, int] = {}
         for i, digest in enumerate(digests):
             if digest not in stored:
@@ -207,6 +246,8 @@ class ContentStore:
         *,
         stack: bool = False,
         durable: bool = False,
+        column: str | None = None,
+        keys: Sequence[bytes] | None = None,
     ) -> np.ndarray | list[Payload]:
         """The one read path: the stored samples of ``digests``, checksums verified.
 
@@ -229,6 +270,10 @@ class ContentStore:
         durable:
             Read what is on disk now, bypassing caches this process keeps
             (``verify`` uses it); never stacked.
+        column, keys:
+            The column and encoded keys of the samples, where the caller
+            reads records (a lazy sequence is fine): key tombstones apply
+            only to reads that name them.
 
         Returns
         -------
@@ -239,7 +284,12 @@ class ContentStore:
         ------
         CorruptionError
             With ``path`` set, when stored bytes fail their checksum.
+        PurgedDataError
+            Naming the sample and the reason, when a sample was purged.
         """
+        tombstones = self.tombstones()
+        if tombstones.active:
+            tombstones.check(digests, column, keys)
         try:
             if isinstance(where, TableRows):
                 return self.backend("memmap").read_rows(
@@ -252,7 +302,26 @@ class ContentStore:
             return [self._reader(loc).read(loc) for loc in where]
         except CorruptionError:
             self.db.check_identity()  # a removed repository: say so, not "damaged"
+            self.tombstones(fresh=True).check(digests, column, keys)  # overwritten by a purge
             raise
+
+    def scrub(self, locations: Sequence[Location]) -> int:
+        """Overwrite the stored bytes of ``locations`` (a purge); return bytes overwritten.
+
+        Every other sample keeps its location and bytes. Writable stores only
+        (the caller holds the writer lock).
+        """
+        if not self.writable:
+            raise ReadOnlyError("this content store is read-only")
+        # lmdb always: its free pages may still hold bytes an earlier purge removed
+        groups: dict[str, list[Location]] = {"lmdb": []}
+        for loc in locations:
+            groups.setdefault(loc.backend, []).append(loc)
+        done = 0
+        for name, locs in sorted(groups.items()):
+            if (self.data_dir / name).is_dir():
+                done += self.backend(name).scrub(locs)
+        return done
 
     def _reader(self, loc: Location) -> Backend:
         owner = self._owner.get((loc.backend, loc.segment))

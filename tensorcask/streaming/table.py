@@ -16,7 +16,7 @@ commit without asking the remote again.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -38,7 +38,7 @@ __all__ = [
     "table_from_arrays",
 ]
 
-_FORMAT = "stream-1"
+_FORMAT = "stream-2"  # 2: tables keep their records' digests
 _FULL_ID = re.compile(r"[0-9a-fA-F]{40}")
 
 
@@ -119,9 +119,17 @@ def stream_tables(
     remote: Remote,
     roots: Sequence[ColumnRoot],
     cache: TableCache | None,
+    purges: str = "",
+    purged: Callable[[int, StreamTable], np.ndarray] | None = None,
 ) -> list[StreamTable]:
     """The streaming tables of some column roots: from ``cache`` where saved, else built
-    from the remote (all columns at once) and saved."""
+    from the remote (all columns at once) and saved.
+
+    ``purges`` names the remote's purge records: a purge rewrites data packs,
+    so tables saved before it (naming the old packs) are not used after it.
+    A table is saved when the remote holds every record's bytes, or lacks
+    only those of purged samples (``purged(i, table)``: the mask of root ``i``'s).
+    """
     out: dict[int, StreamTable] = {}
     stamps = [
         {
@@ -135,20 +143,30 @@ def stream_tables(
     ]
     if cache is not None:
         for i, (root, stamp) in enumerate(zip(roots, stamps, strict=True)):
-            arrays = cache.load(root.hash.hex(), stamp)
+            arrays = cache.load(root.hash.hex() + purges, stamp)
             if arrays is None:
                 continue
             try:
                 out[i] = table_from_arrays(dict(arrays.items()), root)
             except (KeyError, ValueError):
-                cache.forget(root.hash.hex())
+                cache.forget(root.hash.hex() + purges)
     todo = [i for i in range(len(roots)) if i not in out]
     if todo:
         for i, table in zip(todo, _build(remote, [roots[i] for i in todo]), strict=True):
             out[i] = table
-            if cache is not None and table.missing(np.arange(table.count)) is None:
-                cache.save(roots[i].hash.hex(), stamps[i], table.arrays())
+            if cache is not None and _complete(i, table, purged):
+                cache.save(roots[i].hash.hex() + purges, stamps[i], table.arrays())
     return [out[i] for i in range(len(roots))]
+
+
+def _complete(
+    i: int, table: StreamTable, purged: Callable[[int, StreamTable], np.ndarray] | None
+) -> bool:
+    """Whether the remote holds the bytes of every record of ``table`` that is not purged."""
+    absent = table.pieces.record_piece < 0
+    if not absent.any():
+        return True
+    return purged is not None and not (absent & ~purged(i, table)).any()
 
 
 def table_from_arrays(arrays: dict[str, np.ndarray], root: ColumnRoot) -> StreamTable:
@@ -162,7 +180,10 @@ def table_from_arrays(arrays: dict[str, np.ndarray], root: ColumnRoot) -> Stream
     }
     if not keys:
         raise KeyError("keys")
-    return StreamTable(keys, root.schema, root.count, pieces)
+    digests = arrays["digests"]
+    if digests.shape != (root.count, 32):
+        raise ValueError("a saved streaming table has digests of the wrong shape")
+    return StreamTable({**keys, "digests": digests}, root.schema, root.count, pieces)
 
 
 def _build(remote: Remote, roots: Sequence[ColumnRoot]) -> list[StreamTable]:
@@ -190,7 +211,8 @@ def _build(remote: Remote, roots: Sequence[ColumnRoot]) -> list[StreamTable]:
         pieces = map_pieces(
             indexes, located.pack[part], located.offset[part], located.size[part], located.packs
         )
-        out.append(StreamTable(key_arrays(raw_keys), root.schema, len(raw_keys), pieces))
+        arrays = {**key_arrays(raw_keys), "digests": digests}
+        out.append(StreamTable(arrays, root.schema, len(raw_keys), pieces))
     return out
 
 
