@@ -212,9 +212,9 @@ class Column:
         return loc
 
     def _read(self, digest: bytes, loc: Location, key: object) -> Payload:
-        raw = [encode_key(key)]
         try:
-            fetched = self._co.store.fetch([digest], [loc], column=self.name, keys=raw)
+            keys = lambda: [encode_key(key)]  # noqa: E731 -- built only if a tombstone asks
+            fetched = self._co.store.fetch([digest], [loc], column=self.name, keys=keys)
             return cast(list[Payload], fetched)[0]
         except CorruptionError as exc:
             raise sample_error(exc, self.name, key) from exc

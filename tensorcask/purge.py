@@ -125,7 +125,9 @@ def purge_keys(
     The caller holds the writer lock. See :meth:`Repository.purge`.
     """
     reason = _reason(reason)
-    raw_keys = list(dict.fromkeys(encode_keys(list(keys))))
+    if isinstance(keys, str | bytes | int):
+        raise TypeError("purge() takes a list of keys, not one key: purge(column, [key], ...)")
+    raw_keys = list(dict.fromkeys(encode_keys(keys)))
     if not raw_keys:
         raise ValueError("purge() needs at least one key")
     branches = _checked_branches(parts, remove_from_branches)
@@ -141,8 +143,13 @@ def purge_keys(
                 "nothing was purged"
             )
         pairs = sorted((raw, d) for raw, ds in held.items() for d in ds)
-        document = new_operation("purge", column=column, entries=pairs, reason=reason, who=who)
-        purger.apply(document)
+        tombstones = purger.tombstones()
+        fresh = [(raw, d) for raw, d in pairs if tombstones.find(column, raw, d) is None]
+        purger.report.already = len(pairs) - len(fresh)
+        if fresh:
+            purger.apply(
+                new_operation("purge", column=column, entries=fresh, reason=reason, who=who)
+            )
         for branch in branches:
             commit = _delete_keys(parts, branch, column, raw_keys, reason, author)
             if commit is not None:
@@ -165,10 +172,14 @@ def purge_content(
     wanted = list(dict.fromkeys(_digest(d) for d in digests))
     if not wanted:
         raise ValueError("purge_content() needs at least one digest")
-    entries = [(None, d) for d in wanted]
-    document = new_operation("purge_content", column=None, entries=entries, reason=reason, who=who)
     with _Purger(parts) as purger:
-        purger.apply(document)
+        tombstones = purger.tombstones()
+        fresh = [(None, d) for d in wanted if d not in tombstones.content]
+        purger.report.already = len(wanted) - len(fresh)
+        if fresh:
+            purger.apply(
+                new_operation("purge_content", column=None, entries=fresh, reason=reason, who=who)
+            )
     return purger.report
 
 
@@ -237,6 +248,11 @@ class _Purger:
                     held.setdefault(raw, set()).add(staged)
         return held
 
+    def tombstones(self) -> stones.Tombstones:
+        """The tombstones recorded so far."""
+        with self.parts.db.read() as txn:
+            return load_tombstones(self.parts.db, txn)
+
     def apply(self, document: dict[str, Any]) -> None:
         """Record one operation and remove the bytes it purges that nothing else holds."""
         parts, report = self.parts, self.report
@@ -266,8 +282,8 @@ class _Purger:
             new = []
         report.tombstones += len(new)
         report.already += len(entries) - len(new) if document["op"] != "allow" else 0
-        report.removed += len(remove)
         located = self.store.locate_many(remove) if remove else []
+        report.removed += sum(loc is not None for loc in located)  # held here, so overwritten
         with parts.db.write() as txn:
             record_operation(
                 parts.db,
@@ -394,7 +410,7 @@ def _delete_keys(
     if not present:
         return None
     batch = WriteBatch()
-    tree = history.tree.with_batch(batch).update(root.tree, [(r, None) for r in present])
+    tree = history.tree.with_batch(batch).update(root.tree, [(r, None) for r in sorted(present)])
     columns[column] = ColumnRoot(root.schema, tree, root.count - len(present))
     commit = history.new_commit(
         batch,

@@ -7,8 +7,8 @@ stderr; usage errors exit with status 2 (argparse's convention).
 
 This module builds the parser from the command modules and runs it; the
 imports form a tree: this module -> :mod:`.repo_commands`,
-:mod:`.history_commands`, :mod:`.stream_commands` -> :mod:`.remote_commands`
--> :mod:`._common`. Nothing below imports this module.
+:mod:`.history_commands`, :mod:`.stream_commands`, :mod:`.purge_commands` ->
+:mod:`.remote_commands` -> :mod:`._common`. Nothing below imports this module.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import tensorcask as tc
 
 from ._common import PROG, Handler, one_line, print_error
 from .history_commands import add_history_commands
+from .purge_commands import add_purge_commands
 from .remote_commands import add_remote_commands
 from .repo_commands import add_maintenance_commands, add_repo_commands
 from .stream_commands import add_stream_commands
@@ -65,6 +66,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_maintenance_commands(subs)  # summary, verify, gc, lock release
     add_remote_commands(subs)  # remote, push, fetch, clone
     add_stream_commands(subs)  # warm
+    add_purge_commands(subs)  # purge, tombstones
     return parser
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -142,6 +143,15 @@ def open_repo(args: argparse.Namespace) -> tc.Repository:
 
 
 # -- argument parsing ---------------------------------------------------------
+
+
+_INT_KEY = re.compile(r"0|[1-9][0-9]*")
+
+
+def parse_key(text: str) -> int | str:
+    """A sample key from the command line: an int when it is written as one (ASCII
+    digits, no sign, no leading zero: ``7``, not ``007`` or ``+7``), else the str."""
+    return int(text) if _INT_KEY.fullmatch(text) else text
 
 
 def non_negative(text: str) -> int:

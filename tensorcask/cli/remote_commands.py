@@ -28,6 +28,7 @@ from ._common import (
     base_dir,
     open_repo,
     out,
+    parse_key,
     print_json,
     progress_bar,
 )
@@ -70,14 +71,6 @@ def storage_option(text: str) -> tuple[str, Any]:
 
 def _options(pairs: Sequence[tuple[str, Any]] | None) -> dict[str, Any]:
     return dict(pairs or ())
-
-
-def _key(text: str) -> int | str:
-    """A sample key from the command line: an int when it parses as one, else the str."""
-    try:
-        return int(text)
-    except ValueError:
-        return text
 
 
 def _is_local_path(url: str) -> bool:
@@ -205,7 +198,7 @@ def _prog(args: argparse.Namespace) -> str:
 
 def _fetch_data(args: argparse.Namespace) -> int:
     columns = args.columns or None
-    keys = [_key(k) for k in args.keys] if args.keys else None
+    keys = [parse_key(k) for k in args.keys] if args.keys else None
     with open_repo(args) as repo, progress_bar(args) as line:
         result = repo.fetch_data(
             args.remote, args.data, columns, keys, progress=_transfer(line, "fetching")

@@ -24,12 +24,12 @@ from .backends import open_backend
 from .base import Backend, Location, Payload, TableRows
 from .db import MetaDB
 from .index import ContentIndex, Found
-from .tombstones import Tombstones, generation, load_tombstones
+from .tombstones import Keys, Tombstones, generation, load_tombstones
 
 __all__ = ["ContentStore"]
 
 _CACHE_LIMIT = 1 << 20
-_PURGES_CHECKED_EVERY = 0.5
+_RELOOK = 0.5
 """Seconds between looks for another process's purges (see :meth:`ContentStore.tombstones`)."""
 
 
@@ -75,7 +75,7 @@ class ContentStore:
         """
         known = self._tombstones
         now = time.monotonic()
-        if known is None or fresh or now - self._tombstones_checked > _PURGES_CHECKED_EVERY:
+        if known is None or fresh or now - self._tombstones_checked > _RELOOK:
             with self.db.read() as txn:
                 known = self.tombstones_in(txn)
             self._tombstones_checked = now
@@ -247,7 +247,7 @@ class ContentStore:
         stack: bool = False,
         durable: bool = False,
         column: str | None = None,
-        keys: Sequence[bytes] | None = None,
+        keys: Keys = None,
     ) -> np.ndarray | list[Payload]:
         """The one read path: the stored samples of ``digests``, checksums verified.
 
@@ -272,8 +272,8 @@ class ContentStore:
             (``verify`` uses it); never stacked.
         column, keys:
             The column and encoded keys of the samples, where the caller
-            reads records (a lazy sequence is fine): key tombstones apply
-            only to reads that name them.
+            reads records (a lazy sequence, or a function returning them,
+            is fine): key tombstones apply only to reads that name them.
 
         Returns
         -------
@@ -287,7 +287,9 @@ class ContentStore:
         PurgedDataError
             Naming the sample and the reason, when a sample was purged.
         """
-        tombstones = self.tombstones()
+        tombstones = self._tombstones
+        if tombstones is None or time.monotonic() - self._tombstones_checked > _RELOOK:
+            tombstones = self.tombstones()
         if tombstones.active:
             tombstones.check(digests, column, keys)
         try:

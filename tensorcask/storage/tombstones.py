@@ -47,6 +47,7 @@ from .db import MetaDB
 
 __all__ = [
     "GENERATION",
+    "Keys",
     "Tombstone",
     "Tombstones",
     "build_tombstones",
@@ -58,6 +59,10 @@ __all__ = [
     "rows_in",
     "record_operation",
 ]
+
+Keys = Sequence[bytes] | Callable[[], Sequence[bytes]] | None
+"""The encoded keys of a read: a sequence, a function giving it (called only when
+a key tombstone needs it), or None (content tombstones only)."""
 
 GENERATION = "purge_generation"
 GONE = "purge_gone"
@@ -152,15 +157,16 @@ class Tombstones:
         self,
         digests: Sequence[bytes],
         column: str | None = None,
-        raw_keys: Sequence[bytes] | None = None,
+        keys: Keys = None,
     ) -> None:
         """Raise :class:`PurgedDataError` for the first purged sample of a read.
 
-        Without ``column`` and ``raw_keys`` only content tombstones apply.
+        Without ``column`` and ``keys`` only content tombstones apply.
         """
-        by_key = self.keys.get(column) if column is not None and raw_keys is not None else None
+        by_key = self.keys.get(column) if column is not None and keys is not None else None
         if not self.content and by_key is None:
             return
+        raw_keys = keys() if callable(keys) else keys
         for i, digest in enumerate(digests):
             stone = self.content.get(digest)
             if stone is None and by_key is not None:
@@ -290,9 +296,12 @@ def build_tombstones(gen: int, docs: Iterable[dict[str, Any]], gone: set[bytes])
         kind = "content" if op["op"] == "purge_content" else "key"
         for raw_hex, digest in op["entries"]:
             raw = None if raw_hex is None else bytes.fromhex(raw_hex)
+            where = (column if raw is not None else None, raw, digest)
+            if where in at and listing[at[where]].lifted is None:
+                continue  # purged again (elsewhere, or before this clone knew): one tombstone
             key = None if raw is None else decode_key(raw)
             stone = Tombstone(kind, digest, column, key, op["reason"], op["who"], op["at"])
-            at[(column if raw is not None else None, raw, digest)] = len(listing)
+            at[where] = len(listing)
             listing.append(stone)
             raws.append(raw)
     return Tombstones(gen, listing, raws, gone)
