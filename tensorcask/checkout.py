@@ -35,7 +35,6 @@ from .purge import lift, refuse
 from .storage.base import Payload
 from .storage.content import ContentStore
 from .storage.lock import WriterLock
-from .storage.tombstones import bump, update_gone
 
 __all__ = ["Checkout", "Columns", "ReadCheckout", "WriteCheckout"]
 
@@ -297,8 +296,6 @@ class _StagingWriter:
             self.parts.staging.put(txn, column.name, raw_keys, digests)
             if refused:
                 lift(self.parts, column.name, refused, self.parts.who())
-            if restored and update_gone(db, txn, add=(), remove=restored):
-                bump(db, txn)
         if refused or restored:
             self.parts.store.purges_changed()
         store.maintain()

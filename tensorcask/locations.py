@@ -282,9 +282,10 @@ class ColumnTable(KeyedTable):
         (callers name the key); a purged one raises
         :class:`~tensorcask.errors.PurgedDataError` naming ``column`` and the key.
         """
-        self.check_records(records)
         digests = RecordDigests(self._arrays["digests"], records)
         keys = lambda: RecordKeys(self, records)  # noqa: E731 -- built only if a tombstone asks
+        store.check_purged(digests, column, keys)  # purged, whether its bytes are here or not
+        self.check_records(records)
         if self.segments is None:
             locations = [self.location(int(r)) for r in records]
             return store.fetch(digests, locations, column=column, keys=keys)
@@ -301,8 +302,9 @@ class ColumnTable(KeyedTable):
 
     def read_one(self, store: ContentStore, i: int, column: str | None = None) -> Payload:
         """The sample of record ``i``, through the store's one read path."""
-        loc = self.location(i)
-        fetched = store.fetch([self.digest(i)], [loc], column=column, keys=lambda: [self.key(i)])
+        digests, keys = [self.digest(i)], lambda: [self.key(i)]
+        store.check_purged(digests, column, keys)
+        fetched = store.fetch(digests, [self.location(i)], column=column, keys=keys)
         return cast(list[Payload], fetched)[0]
 
 

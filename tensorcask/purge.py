@@ -144,7 +144,7 @@ def purge_keys(
             )
         pairs = sorted((raw, d) for raw, ds in held.items() for d in ds)
         tombstones = purger.tombstones()
-        fresh = [(raw, d) for raw, d in pairs if tombstones.find(column, raw, d) is None]
+        fresh = [(raw, d) for raw, d in pairs if tombstones.by_key(column, raw, d) is None]
         purger.report.already = len(pairs) - len(fresh)
         if fresh:
             purger.apply(
@@ -189,8 +189,14 @@ def apply_operations(parts: RepositoryParts, documents: Iterable[dict[str, Any]]
     Documents already recorded (by ``id``) are skipped. The caller holds the
     writer lock.
     """
+    ordered = sorted(documents, key=lambda d: (d.get("time", 0), d["id"]))
     with _Purger(parts) as purger:
-        for document in sorted(documents, key=lambda d: (d.get("time", 0), d["id"])):
+        with parts.db.read() as txn:
+            ours = operations(parts.db, txn)
+        # Only what is still purged once every record is in: an allow in a later record
+        # keeps the bytes an earlier one would remove.
+        purger.final = stones.build_tombstones(0, [*ours, *ordered], set())
+        for document in ordered:
             purger.apply(document)
     return purger.report
 
@@ -209,6 +215,7 @@ class _Purger:
         self.report = PurgeReport()
         self._commits: list[str] | None = None
         self._roots: dict[str, dict[bytes, ColumnRoot]] | None = None
+        self.final: stones.Tombstones | None = None  # tombstones once every record applies
 
     def __enter__(self) -> _Purger:
         self.report.bytes_removed += finish_pending(self.parts, self.store)
@@ -267,14 +274,19 @@ class _Purger:
             for k, d in document["entries"]
         ]
         remove: list[bytes] = []
+        final = self.final
         if document["op"] == "purge_content":
             new = [d for _, d in entries if d not in tombstones.content]
             remove = sorted({d for d in new if d not in tombstones.gone})
+            if final is not None:
+                remove = [d for d in remove if d in final.content]
         elif document["op"] == "purge":
             assert column is not None
             pairs = {(k, d) for k, d in entries if k is not None}
-            new = [d for k, d in pairs if tombstones.find(column, k, d) is None]
+            new = [d for k, d in pairs if tombstones.by_key(column, k, d) is None]
             candidates = set(new) - tombstones.gone - set(tombstones.content)
+            if final is not None:
+                candidates = {d for k, d in pairs if final.by_key(column, k, d)} & candidates
             held = self._held_elsewhere(column, pairs, candidates, tombstones)
             remove = sorted(candidates - held)
             report.kept += len(candidates & held)

@@ -9,8 +9,10 @@ import numpy as np
 
 from ..errors import CaskError, CorruptionError
 from ..hashing import object_hash
-from ..history.objects import commit_id_of
+from ..history.objects import ColumnSchema, commit_id_of
 from ..history.reach import reachable
+from ..history.tree import Node
+from ..storage.tombstones import Tombstones
 from .packs import PackIndex, decode_index, pack_id, unit_name
 from .packset import PackSet
 from .remote import Remote
@@ -73,15 +75,10 @@ def verify_remote(
         report.add(str(problem))
     report.refs = len(refs) + len(damaged)
     try:
-        missing = _closure(remote, refs, report)
+        missing = _closure(remote, refs, report, remote_tombstones(remote))
     except _PROBLEMS as exc:  # a damaged index: reported above, and here what it hides
         report.add(f"cannot check what the refs reach: {exc}")
         missing = []
-    if missing:
-        tombstones = remote_tombstones(remote)
-        purged = {bytes.fromhex(t.digest) for t in tombstones.listing if t.lifted is None}
-        report.purged = sum(d in purged for d in missing)
-        missing = [d for d in missing if d not in purged]
     for digest in missing[:20]:
         report.add(
             f"sample {digest.hex()[:16]} is referred to by history but missing from the remote"
@@ -93,21 +90,39 @@ def verify_remote(
     return report
 
 
-def _closure(remote: Remote, refs: Mapping[str, str], report: RemoteVerifyReport) -> list[bytes]:
-    """Walk from every ref, reporting what is damaged or missing; the missing samples."""
+def _closure(
+    remote: Remote, refs: Mapping[str, str], report: RemoteVerifyReport, tombstones: Tombstones
+) -> list[bytes]:
+    """Walk from every ref, reporting what is damaged or missing; the missing samples.
+
+    A sample only purged records hold may be missing (a purge removed it on
+    purpose): counted in ``report.purged``, not returned.
+    """
     starts = []
     for name, commit in sorted(refs.items()):
         if remote.objects.has(bytes.fromhex(commit)):
             starts.append(commit)
         else:
             report.add(f"ref {name!r} points at commit {commit[:12]}, which the remote lacks")
+    needed: set[bytes] = set()
+
+    def leaf(column: str, schema: ColumnSchema, page: Node) -> None:
+        for raw, digest in zip(page.keys, page.values(), strict=True):
+            if tombstones.find(column, raw, digest) is None:
+                needed.add(digest)
+
     walk = reachable(
         remote.history,
         starts,
         on_damage=lambda where, exc: report.add(f"{where}: {exc}"),
+        on_leaf=leaf if tombstones.active else None,
     )
     digests = sorted(walk.digests)
-    return [d for d, h in zip(digests, remote.data.has_many(digests), strict=True) if not h]
+    missing = [d for d, h in zip(digests, remote.data.has_many(digests), strict=True) if not h]
+    if not tombstones.active:
+        return missing
+    report.purged = sum(d not in needed for d in missing)
+    return [d for d in missing if d in needed]
 
 
 def _check_object(name: bytes, data: bytes) -> bool:

@@ -25,6 +25,7 @@ __all__ = [
     "DATA_FOLDER",
     "Decoded",
     "array_head",
+    "blob_kind",
     "check_entries",
     "decode_batch",
     "decode_sample",
@@ -51,6 +52,12 @@ def encode_sample(kind: str, payload: Payload) -> bytes:
             arr = arr.copy(order="C")
         return array_head(arr.dtype, arr.shape) + arr.tobytes()
     return bytes([_KINDS.index(kind)]) + bytes(payload)
+
+
+def blob_kind(digest: bytes, payload: bytes) -> str:
+    """Whether a stored byte string is a ``"str"`` or a ``"bytes"`` sample: the kind its
+    digest was made with (for a sample no column names)."""
+    return "str" if blob_digest("str", payload) == digest else "bytes"
 
 
 def encode_rows(stacked: np.ndarray) -> list[bytes]:

@@ -108,8 +108,11 @@ def push(
         known = ", ".join(sorted(parts.refs.listing(HEADS))) or "none yet: make a first commit"
         raise RefNotFoundError(f"no branch named {branch!r} to push (branches: {known})")
     exists = remote.check_format(create=False)  # refuses a remote of a newer format
-    # Purges made elsewhere first: what they removed here is then never uploaded.
-    records = purge_records.exchange(parts, remote) if exists else set()
+    # Purges made elsewhere first: what they remove here is then never uploaded.
+    records = purge_records.read_records(remote) if exists else {}
+    if records:
+        with parts.writer_lock():
+            purge_records.apply_new(parts, records)
     theirs_all, damaged = remote.refs.scan()
     if HEADS + branch in damaged and not force:
         raise damaged[HEADS + branch]
@@ -149,7 +152,11 @@ def push(
 
     walk = reachable(history, [head], excluding=have, on_leaf=on_leaf)
     purged = purge_records.purged_contents(parts)
-    located = locate_local(parts, remote, [d for d in walk.digests if d not in purged])
+    digests = [d for d in walk.digests if d not in purged]
+    again = purge_records.restorable(parts)  # a purge may have removed them from the remote
+    if again:
+        digests += [d for d, h in zip(again, remote.data.has_many(again), strict=True) if not h]
+    located = locate_local(parts, remote, list(dict.fromkeys(digests)))
     remote.check_format(create=True)  # nothing is written to a remote before this point
     moved = upload_samples(parts, remote, located, kinds, progress)
     result.samples, result.bytes = moved.samples, moved.bytes
@@ -169,8 +176,8 @@ def push(
     result.commits, result.objects = len(walk.commits), len(batch)
     note(progress, "objects", len(batch), len(batch))
     result.tags = _push_tags(parts, remote, head, {*theirs_all, *damaged})
-    purge_records.upload_records(parts, remote, records)
     result.purged = purge_records.remove_purged(parts, remote)
+    purge_records.upload_records(parts, remote, set(records))
     if theirs != head or HEADS + branch in damaged:
         if force:  # whatever it holds now, even a damaged version
             swapped = remote.refs.overwrite(HEADS + branch, head)
@@ -259,7 +266,8 @@ def fetch(
         heads = {b: heads[b] for b in wanted}
     tags = {n[len(TAGS) :]: c for n, c in listing.items() if n.startswith(TAGS)}
     result = FetchResult(heads=dict(heads))
-    purge_records.exchange(parts, remote)
+    records = purge_records.read_records(remote)
+    tombstones = purge_records.combined(parts, records)
     with parts.writer_lock():
         layered = LayeredObjects(parts.objects, remote.objects)
         walked = History(layered, remote.refs)
@@ -280,15 +288,21 @@ def fetch(
         schemas: dict[bytes, ColumnSchema] = {}
 
         def on_leaf(column: str, schema: ColumnSchema, page: Node) -> None:
-            for digest in page.values():
-                schemas.setdefault(digest, schema)
+            if not tombstones.active:
+                for digest in page.values():
+                    schemas.setdefault(digest, schema)
+                return
+            for raw, digest in zip(page.keys, page.values(), strict=True):
+                if tombstones.find(column, raw, digest) is None:  # purged: never downloaded
+                    schemas.setdefault(digest, schema)
 
         walk = reachable(
             walked, starts, excluding=local_heads, digests=data, on_leaf=on_leaf if data else None
         )
         if data:
-            purged = purge_records.purged_contents(parts)
-            chosen = {d: schemas[d] for d in walk.digests if d not in purged}
+            # The walk leaves out what local pages hold; a purge here may have removed it.
+            again = tombstones.gone & schemas.keys()
+            chosen = {d: schemas[d] for d in (*walk.digests, *again) if d in schemas}
             moved = download_samples(parts, remote, chosen, progress)
             result.samples, result.bytes = moved.samples, moved.bytes
         # The walk loaded every commit and object it reports through `walked`, which
@@ -315,6 +329,8 @@ def fetch(
                 ):
                     parts.refs.set_if_equals(TAGS + tag, None, commit)
                     result.tags.append(tag)
+        # Now that the remote's history is here, what other samples hold is judged on it.
+        purge_records.apply_new(parts, records)
     return result
 
 
@@ -337,20 +353,20 @@ def fetch_data(
                 f"commit {commit[:12]} has no column {name!r} (columns: {', '.join(sorted(roots))})"
             )
     raw_keys = None if keys is None else encode_keys(list(keys))
+    records = purge_records.read_records(remote)
+    tombstones = purge_records.combined(parts, records)
     wanted: dict[bytes, ColumnSchema] = {}
     tree = parts.history.tree
     for name in names:
         root = roots[name]
         if raw_keys is None:
-            digests: Iterable[bytes | None] = (d for _, d in tree.items(root.tree))
+            found: Iterable[tuple[bytes, bytes | None]] = tree.items(root.tree)
         else:
-            digests = tree.get_many(root.tree, raw_keys)
-        for digest in digests:
-            if digest is not None:
+            found = zip(raw_keys, tree.get_many(root.tree, raw_keys), strict=True)
+        for raw, digest in found:
+            if digest is not None and tombstones.find(name, raw, digest) is None:
                 wanted.setdefault(digest, root.schema)
-    purge_records.exchange(parts, remote)
-    for digest in purge_records.purged_contents(parts):
-        wanted.pop(digest, None)
     with parts.writer_lock():
+        purge_records.apply_new(parts, records)
         moved = download_samples(parts, remote, wanted, progress)
     return FetchResult(samples=moved.samples, bytes=moved.bytes)

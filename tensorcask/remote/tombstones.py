@@ -3,9 +3,11 @@
 Each purge operation (see :mod:`tensorcask.storage.tombstones`) is one
 create-only object, ``tombstones/<id>.json``, named by the hash of its
 content, so every copy of a repository names an operation alike and a record
-is never written twice. A push and a fetch first exchange records with the
-remote: records the remote has and this repository lacks are applied here
-(removing the bytes they purge), records this repository has are uploaded.
+is never written twice. A push first applies the remote's records this
+repository lacks (removing the bytes they purge here), so that it never
+uploads them again; a fetch applies them once it has stored the remote's
+history, and downloads no sample a record purges. A push uploads the records
+the remote lacks.
 After a push uploaded what the remote lacked, the purged contents the remote
 still holds are removed from its data packs (the packs holding them are
 rewritten without them), unless samples in the remote's history that are not
@@ -38,11 +40,13 @@ from .remote import LayeredObjects, Remote
 
 __all__ = [
     "TOMBSTONES_FOLDER",
-    "exchange",
+    "apply_new",
+    "combined",
     "purged_contents",
     "read_records",
     "remote_tombstones",
     "remove_purged",
+    "restorable",
     "upload_records",
 ]
 
@@ -77,19 +81,28 @@ def remote_tombstones(remote: Remote) -> Tombstones:
     return build_tombstones(len(docs), docs, set())
 
 
-def exchange(parts: RepositoryParts, remote: Remote) -> set[str]:
-    """Apply the remote's purge records this repository lacks; the ids the remote has.
-
-    Applying takes the writer lock (only when there is something to apply).
-    """
-    theirs = read_records(remote)
+def apply_new(parts: RepositoryParts, records: dict[str, dict[str, Any]]) -> int:
+    """Apply the records this repository lacks (removing the bytes they purge here); how
+    many. The caller holds the writer lock, and has stored the history the records are
+    about (so that what other samples hold is judged on all of it)."""
     with parts.db.read() as txn:
         ours = {op["id"] for op in operations(parts.db, txn)}
-    new_here = [doc for i, doc in theirs.items() if i not in ours]
+    new_here = [doc for i, doc in records.items() if i not in ours]
     if new_here:
-        with parts.writer_lock():
-            apply_operations(parts, new_here)
-    return set(theirs)
+        apply_operations(parts, new_here)
+    return len(new_here)
+
+
+def combined(parts: RepositoryParts, records: dict[str, dict[str, Any]]) -> Tombstones:
+    """The tombstones of this repository's records and the remote's together."""
+    with parts.db.read() as txn:
+        ours = operations(parts.db, txn)
+        gone = load_tombstones(parts.db, txn).gone
+    known = {op["id"] for op in ours}
+    theirs = sorted(
+        (d for i, d in records.items() if i not in known), key=lambda d: (d.get("time", 0), d["id"])
+    )
+    return build_tombstones(len(ours) + len(theirs), [*ours, *theirs], set(gone))
 
 
 def upload_records(parts: RepositoryParts, remote: Remote, theirs: set[str]) -> int:
@@ -105,10 +118,26 @@ def upload_records(parts: RepositoryParts, remote: Remote, theirs: set[str]) -> 
 
 
 def purged_contents(parts: RepositoryParts) -> set[bytes]:
-    """Contents never to move: removed here by a purge, or purged by content."""
+    """Contents never to upload: removed here by a purge, or purged by content."""
     with parts.db.read() as txn:
         tombstones = load_tombstones(parts.db, txn)
     return set(tombstones.gone) | set(tombstones.content)
+
+
+def restorable(parts: RepositoryParts) -> list[bytes]:
+    """Contents a purge named that are stored here and readable again: a sample that is
+    not purged holds them, or their tombstone was lifted. A remote's purge may have
+    removed them, and the history walk of a push (which skips what the remote's refs
+    reach) would not send them again."""
+    with parts.db.read() as txn:
+        tombstones = load_tombstones(parts.db, txn)
+    named = {bytes.fromhex(t.digest) for t in tombstones.listing}
+    named -= tombstones.gone | set(tombstones.content)
+    if not named:
+        return []
+    chosen = sorted(named)
+    found = parts.store.lookup_raw(chosen)
+    return [d for d, raw in zip(chosen, found, strict=True) if isinstance(raw, bytes)]
 
 
 def remove_purged(parts: RepositoryParts, remote: Remote) -> int:

@@ -25,7 +25,7 @@ from ..history.objects import ColumnSchema
 from ..parts import RepositoryParts
 from ..storage.base import BLOB, LocationGroup, Payload, TableRows, group_locations
 from .remote import Remote
-from .samples import DATA_FOLDER, decode_batch, encode_rows, encode_sample
+from .samples import DATA_FOLDER, blob_kind, decode_batch, encode_rows, encode_sample
 
 __all__ = [
     "PACK_BYTES",
@@ -198,7 +198,10 @@ def _encoded(
         stacked = cast(np.ndarray, parts.store.fetch(names, locs, stack=True))
         return list(zip(names, encode_rows(stacked), strict=True))
     payloads = cast(list[Payload], parts.store.fetch(names, locs))
-    return [(d, encode_sample(kinds[d], p)) for d, p in zip(names, payloads, strict=True)]
+    return [
+        (d, encode_sample(kinds.get(d) or blob_kind(d, bytes(p)), p))
+        for d, p in zip(names, payloads, strict=True)
+    ]
 
 
 @lru_cache(maxsize=256)

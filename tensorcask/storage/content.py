@@ -19,12 +19,21 @@ import numpy as np
 
 from ..errors import CaskError, CorruptionError, DataNotLocalError, ReadOnlyError
 from ..hashing import Digest
+from ..keys import encode_key
 from ..layout import INDEX_DIR
 from .backends import open_backend
 from .base import Backend, Location, Payload, TableRows
 from .db import MetaDB
 from .index import ContentIndex, Found
-from .tombstones import Keys, Tombstones, generation, load_tombstones
+from .tombstones import (
+    Keys,
+    Tombstones,
+    bump,
+    generation,
+    load_tombstones,
+    purged_error,
+    update_gone,
+)
 
 __all__ = ["ContentStore"]
 
@@ -80,6 +89,15 @@ class ContentStore:
                 known = self.tombstones_in(txn)
             self._tombstones_checked = now
         return known
+
+    def check_purged(self, digests: Sequence[bytes], column: str | None, keys: Keys) -> None:
+        """Raise :class:`~tensorcask.errors.PurgedDataError` if a read of these samples
+        meets a tombstone (what :meth:`fetch` does first)."""
+        tombstones = self._tombstones
+        if tombstones is None or time.monotonic() - self._tombstones_checked > _RELOOK:
+            tombstones = self.tombstones()
+        if tombstones.active:
+            tombstones.check(digests, column, keys)
 
     def purges_changed(self) -> None:
         """Forget what a purge in this process may have changed: locations, tombstones
@@ -156,8 +174,16 @@ class ContentStore:
         return [(digests[i], loc.to_bytes()) for i, loc in zip(indexes, locations, strict=True)]
 
     def publish(self, txn: lmdb.Transaction, entries: Sequence[tuple[bytes, bytes]]) -> None:
-        """Write index entries (inside the caller's publishing transaction)."""
+        """Write index entries (inside the caller's publishing transaction).
+
+        Content a purge had removed is no longer counted as removed once
+        stored again.
+        """
         self.index.add(txn, entries)
+        gone = self.tombstones_in(txn).gone
+        back = [digest for digest, _ in entries if digest in gone] if gone else []
+        if back and update_gone(self.db, txn, add=(), remove=back):
+            bump(self.db, txn)
 
     def maintain(self) -> None:
         """Compact the content index when its recent table is full (writer only)."""
@@ -225,10 +251,16 @@ class ContentStore:
     def absent(self, digest: bytes, column: str | None = None, key: object = None) -> CaskError:
         """The error for content a record refers to and this store lacks.
 
+        :class:`~tensorcask.errors.PurgedDataError` when the record was
+        purged (a clone never stores purged bytes);
         :class:`~tensorcask.errors.DataNotLocalError` naming the remote in a
         partial clone (the data was never fetched), else the
         :class:`~tensorcask.errors.CorruptionError` of a damaged repository.
         """
+        if column is not None:
+            stone = self.tombstones(fresh=True).find(column, encode_key(key), digest)
+            if stone is not None:
+                return purged_error(stone, column, key)
         if self.partial_remote is None:
             return missing_location_error(column, key, Digest(digest), self.db.path)
         where = "" if column is None else f"column {column!r}, key {key!r}: "
@@ -287,11 +319,7 @@ class ContentStore:
         PurgedDataError
             Naming the sample and the reason, when a sample was purged.
         """
-        tombstones = self._tombstones
-        if tombstones is None or time.monotonic() - self._tombstones_checked > _RELOOK:
-            tombstones = self.tombstones()
-        if tombstones.active:
-            tombstones.check(digests, column, keys)
+        self.check_purged(digests, column, keys)
         try:
             if isinstance(where, TableRows):
                 return self.backend("memmap").read_rows(

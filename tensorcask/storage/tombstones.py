@@ -153,6 +153,10 @@ class Tombstones:
             stone = self.keys.get(column, {}).get(raw_key, {}).get(digest)
         return stone
 
+    def by_key(self, column: str, raw_key: bytes, digest: bytes) -> Tombstone | None:
+        """The key tombstone of this sample, if any (content tombstones aside)."""
+        return self.keys.get(column, {}).get(raw_key, {}).get(digest)
+
     def check(
         self,
         digests: Sequence[bytes],
