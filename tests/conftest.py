@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,28 @@ import numpy as np
 import pytest
 
 import tensorcask as tc
+
+
+@pytest.fixture(autouse=True)
+def _close_repositories(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Close every repository a test opened and left open.
+
+    Each open repository maps a large LMDB address range; hundreds left to
+    the garbage collector can exhaust the address space of the test process.
+    """
+    opened: list[weakref.ref[tc.Repository]] = []  # dropped ones release themselves
+    original = tc.Repository.__init__
+
+    def init(self: tc.Repository, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        opened.append(weakref.ref(self))
+
+    monkeypatch.setattr(tc.Repository, "__init__", init)
+    yield
+    for ref in opened:
+        repository = ref()
+        if repository is not None:
+            repository.close()
 
 
 @pytest.fixture

@@ -170,6 +170,7 @@ def test_push_clone_fetch_round_trip(
         "samples": 8,
         "bytes": doc["bytes"],
         "tags": [],
+        "purged": 0,
     }
     assert doc["objects"] > 0 and doc["bytes"] > 0
 

@@ -701,3 +701,12 @@ def test_merge_conflict_and_corruption_error_attributes():
     assert conflict.conflicts == [("images", "k", "modify/modify")]
     corrupt = tc.CorruptionError("bad", column="c", key=3, path="/x")
     assert (corrupt.column, corrupt.key, corrupt.path) == ("c", 3, "/x")
+
+
+def test_repositories_dropped_without_close_release_their_files(tmp_path: Path) -> None:
+    """Each open repository maps a large address range: hundreds dropped without
+    close() must not exhaust the process's address space."""
+    for i in range(200):  # far beyond what fits if none were released
+        repo = tc.init(tmp_path / f"r{i}")
+        assert repo.branches == {}
+        del repo

@@ -181,9 +181,10 @@ def cmd_push(args: argparse.Namespace) -> int:
         print_json({"remote": args.remote, **dataclasses.asdict(result)})
     elif not args.quiet:
         tags = f"; tags: {', '.join(result.tags)}" if result.tags else ""
+        purged = f"; removed {result.purged} purged sample(s)" if result.purged else ""
         out(
             f"pushed {result.branch} to {args.remote} at {result.commit[:SHORT_ID]} "
-            f"({_amounts(result, 'uploaded')}{tags})"
+            f"({_amounts(result, 'uploaded')}{tags}{purged})"
         )
     return 0
 

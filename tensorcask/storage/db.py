@@ -41,6 +41,7 @@ import os
 import struct
 import threading
 import time
+import weakref
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -323,6 +324,9 @@ class MetaDB:
             _writable(self.data_file) and _writable(lock if lock.exists() else self.path)
         )
         self._shared = _acquire_env(self.path, create, env_readonly)
+        # A handle dropped without close() still gives its share back: an environment
+        # maps a large address range, and a process can only hold so many.
+        self._release = weakref.finalize(self, _release_env, self._shared)
         self.env = self._shared.env
         self.identity: Identity = self._shared.identity
         self.readonly: bool = readonly or self._shared.readonly
@@ -340,7 +344,7 @@ class MetaDB:
         """Release this handle; the environment closes with its last handle. Idempotent."""
         if not self._closed:
             self._closed = True
-            _release_env(self._shared)
+            self._release()
 
     def check_identity(self) -> None:
         """Make sure the repository on disk is still the one this handle opened.

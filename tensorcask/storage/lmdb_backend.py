@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,6 +171,8 @@ class LMDBBackend(Backend):
         except lmdb.Error as error:
             message = f"cannot open LMDB environment {path}: {error}"
             raise CorruptionError(message, path=path) from error
+        # Dropped without close(), this instance still gives its share back.
+        self._release = weakref.finalize(self, _release, shared)
         return shared
 
     def append(self, values: Sequence[Payload]) -> list[Location]:
@@ -239,7 +242,7 @@ class LMDBBackend(Backend):
         """Release this instance's share of the environment. Idempotent."""
         self.seal()
         if self._shared is not None:
-            _release(self._shared)
+            self._release()
             self._shared = None
         self._closed = True
 
