@@ -325,8 +325,12 @@ class _Purger:
         held: set[bytes] = set()
         for name in self.roots():
             if name != column:
-                for digests in self.holders(name, raw_keys).values():
-                    held |= digests & candidates
+                for raw, digests in self.holders(name, raw_keys).items():
+                    held |= {
+                        d
+                        for d in digests & candidates
+                        if tombstones.find(name, raw, d) is None  # not purged before
+                    }
         wanted = np.frombuffer(b"".join(sorted(candidates)), np.uint8).reshape(-1, 32)
 
         def leaf(name: str, schema: ColumnSchema, page: Node) -> None:
@@ -344,7 +348,9 @@ class _Purger:
         with self.parts.db.read() as txn:
             for name, edits in self.parts.staging.all_edits(txn).items():
                 for raw, digest in edits:
-                    if digest in candidates and not (name == column and (raw, digest) in pairs):
+                    if digest not in candidates or (name == column and (raw, digest) in pairs):
+                        continue
+                    if tombstones.find(name, raw, digest) is None:
                         held.add(digest)
         return held
 
