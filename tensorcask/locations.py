@@ -308,15 +308,16 @@ class ColumnTable(KeyedTable):
         return cast(list[Payload], fetched)[0]
 
 
-class RecordKeys(Sequence[bytes]):
-    """The encoded keys of some records of a table, read only when asked for
-    (a read names them only when one is purged)."""
+class _OfRecords(Sequence[bytes]):
+    """A value per record of some records, made only when asked for."""
 
-    __slots__ = ("_records", "_table")
+    __slots__ = ("_records",)
 
-    def __init__(self, table: KeyedTable, records: np.ndarray) -> None:
-        self._table = table
+    def __init__(self, records: np.ndarray) -> None:
         self._records = records
+
+    def _one(self, record: int) -> bytes:
+        raise NotImplementedError
 
     def __len__(self) -> int:
         return len(self._records)
@@ -329,11 +330,25 @@ class RecordKeys(Sequence[bytes]):
 
     def __getitem__(self, i: int | slice) -> bytes | list[bytes]:
         if isinstance(i, slice):
-            return [self._table.key(r) for r in self._records[i].tolist()]
-        return self._table.key(int(self._records[i]))
+            return [self._one(r) for r in self._records[i].tolist()]
+        return self._one(int(self._records[i]))
 
 
-class RecordDigests(Sequence[bytes]):
+class RecordKeys(_OfRecords):
+    """The encoded keys of some records of a table, read only when asked for
+    (a read names them only when one is purged)."""
+
+    __slots__ = ("_table",)
+
+    def __init__(self, table: KeyedTable, records: np.ndarray) -> None:
+        super().__init__(records)
+        self._table = table
+
+    def _one(self, record: int) -> bytes:
+        return self._table.key(record)
+
+
+class RecordDigests(_OfRecords):
     """The content digests of some records of a table, read only when asked for.
 
     Batch reads pass them to the store's read path, which needs them only
@@ -341,25 +356,14 @@ class RecordDigests(Sequence[bytes]):
     read of small samples more than the read itself.
     """
 
-    __slots__ = ("_digests", "_records")
+    __slots__ = ("_digests",)
 
     def __init__(self, digests: np.ndarray, records: np.ndarray) -> None:
+        super().__init__(records)
         self._digests = digests
-        self._records = records
 
-    def __len__(self) -> int:
-        return len(self._records)
-
-    @overload
-    def __getitem__(self, i: int) -> bytes: ...
-
-    @overload
-    def __getitem__(self, i: slice) -> list[bytes]: ...
-
-    def __getitem__(self, i: int | slice) -> bytes | list[bytes]:
-        if isinstance(i, slice):
-            return [self._digests[r].tobytes() for r in self._records[i].tolist()]
-        return bytes(self._digests[int(self._records[i])].tobytes())
+    def _one(self, record: int) -> bytes:
+        return bytes(self._digests[record].tobytes())
 
 
 class ColumnTables:

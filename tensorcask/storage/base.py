@@ -18,6 +18,7 @@ Rules every backend follows (``tests/storage/conformance.py`` checks them):
 
 from __future__ import annotations
 
+import os
 import struct
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -38,6 +39,7 @@ __all__ = [
     "LocationGroup",
     "Payload",
     "TableRows",
+    "fsync_path",
     "group_locations",
 ]
 
@@ -178,6 +180,15 @@ def group_locations(raws: Sequence[bytes]) -> list[LocationGroup]:
             )
         )
     return out
+
+
+def fsync_path(path: Path | str) -> None:
+    """fsync a file or a directory by its path (a directory: to make a rename in it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @lru_cache(maxsize=4096)

@@ -27,7 +27,7 @@ import numpy as np
 import xxhash
 
 from tensorcask.errors import CorruptionError, ReadOnlyError
-from tensorcask.storage.base import BLOB, Backend, Location, Payload
+from tensorcask.storage.base import BLOB, Backend, Location, Payload, fsync_path
 from tensorcask.storage.memmap import SegmentFiles
 
 __all__ = ["HDF5Backend"]
@@ -469,22 +469,14 @@ def _rewrite_zeroed(path: Path, spans: list[tuple[int, int]]) -> int:
                         if lo < hi:
                             block[lo - start : hi - start] = 0
                     copy[start:stop] = block
-            _fsync_path(tmp)
+            fsync_path(tmp)
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         zeroed = sum(n for _, n in spans) * data.dtype.itemsize
-    _fsync_path(path.parent)
+    fsync_path(path.parent)
     return zeroed
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _element_count(location: Location) -> int:

@@ -41,6 +41,7 @@ from types import TracebackType
 from typing import Any
 
 from tensorcask.errors import WriterLockError
+from tensorcask.storage.base import fsync_path
 
 __all__ = ["WriterLock", "force_release", "holder_is_dead", "read_holder"]
 
@@ -168,16 +169,8 @@ def force_release(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_path(path.parent)
     return info
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class WriterLock:
