@@ -143,6 +143,12 @@ class Tombstones:
             elif stone.column is not None and raw is not None:
                 self.keys.setdefault(stone.column, {}).setdefault(raw, {})[digest] = stone
         self.active = bool(self.content or self.keys)
+        # The same as digest arrays, to test a table's batch of records at once.
+        self._content_rows = _rows(self.content)
+        self._key_rows = {
+            column: _rows({d for stones in by_key.values() for d in stones})
+            for column, by_key in self.keys.items()
+        }
 
     # -- reads -----------------------------------------------------------
 
@@ -170,8 +176,20 @@ class Tombstones:
         by_key = self.keys.get(column) if column is not None and keys is not None else None
         if not self.content and by_key is None:
             return
+        rows = getattr(digests, "rows", None)
+        if rows is not None:  # a table's records: test the batch at once, then the hits
+            batch = rows()
+            hit = rows_in(batch, self._content_rows)
+            if by_key is not None:
+                hit |= rows_in(batch, self._key_rows[str(column)])
+            if not hit.any():
+                return
+            at = np.flatnonzero(hit).tolist()
+        else:
+            at = range(len(digests))
         raw_keys = keys() if callable(keys) else keys
-        for i, digest in enumerate(digests):
+        for i in at:
+            digest = digests[i]
             stone = self.content.get(digest)
             if stone is None and by_key is not None:
                 assert raw_keys is not None
@@ -193,8 +211,7 @@ class Tombstones:
         """
         mask = np.zeros(len(digests), bool)
         if self.content:
-            wanted = np.frombuffer(b"".join(self.content), np.uint8).reshape(-1, 32)
-            mask |= rows_in(digests, wanted)
+            mask |= rows_in(digests, self._content_rows)
         by_key = self.keys.get(column, {})
         if by_key:
             raws = list(by_key)
@@ -240,14 +257,30 @@ def purged_error(stone: Tombstone, column: str | None, key: object) -> PurgedDat
     )
 
 
+def _rows(digests: Iterable[bytes]) -> np.ndarray:
+    """Digests as an ``(n, 32)`` uint8 array."""
+    return np.frombuffer(b"".join(sorted(digests)), np.uint8).reshape(-1, 32)
+
+
 def rows_in(rows: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Which rows of an ``(n, 32)`` uint8 array appear in ``wanted``."""
+    """Which rows of an ``(n, 32)`` uint8 array appear in ``wanted``.
+
+    Tested on the first 8 bytes as integers (digests are uniformly random, so
+    that settles almost every row), then the few candidates in full.
+    """
     if not len(rows) or not len(wanted):
         return np.zeros(len(rows), bool)
-    as_void = np.dtype((np.void, 32))
-    a = np.ascontiguousarray(rows).view(as_void).ravel()
-    b = np.ascontiguousarray(wanted).view(as_void).ravel()
-    return np.isin(a, b)
+    hit = np.isin(_heads(rows), _heads(wanted))
+    if hit.any():
+        at = np.flatnonzero(hit)
+        as_void = np.dtype((np.void, 32))
+        full = np.ascontiguousarray(rows[at]).view(as_void).ravel()
+        hit[at] = np.isin(full, np.ascontiguousarray(wanted).view(as_void).ravel())
+    return hit
+
+
+def _heads(rows: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(rows[:, :8]).view("<u8").ravel()
 
 
 # -- storage --------------------------------------------------------------
