@@ -389,14 +389,20 @@ class ColumnTables:
         self.tree = tree
         self.store = store
         self.cache = cache
-        self._memory: dict[bytes, ColumnTable] = {}
+        self._memory: dict[tuple[bytes, int], ColumnTable] = {}
 
     def get(self, root: ColumnRoot) -> ColumnTable:
-        """The table of a committed column root."""
-        table = self._memory.get(root.hash)
+        """The table of a committed column root.
+
+        Tables are known by root and purge generation: content a purge had
+        removed and that is stored again has moved, so tables from before
+        that are not used after it.
+        """
+        generation = self.store.tombstones().generation
+        table = self._memory.get((root.hash, generation))
         if table is not None:
             return table
-        name = root.hash.hex()
+        name = self.cache_name(root.hash, generation)
         stamp = {"format": CACHE_FORMAT, "root": name, "count": root.count}
         arrays = self.cache.load(name, stamp, eager=_EAGER, rebuild=lambda: self._sound(root))
         table = None
@@ -411,8 +417,13 @@ class ColumnTables:
                 self.cache.save(name, stamp, table.arrays())
         if len(self._memory) >= TABLES_IN_MEMORY:
             self._memory.pop(next(iter(self._memory)))
-        self._memory[root.hash] = table
+        self._memory[(root.hash, generation)] = table
         return table
+
+    @staticmethod
+    def cache_name(root_hash: bytes, generation: int) -> str:
+        """The name a column root's table is saved under at a purge generation."""
+        return root_hash.hex() + (f"-{generation}" if generation else "")
 
     def _build(self, root: ColumnRoot) -> ColumnTable:
         return ColumnTable.build(

@@ -20,7 +20,7 @@ from .purge import finish_pending
 from .samples import prepare_one
 from .storage.base import Location, Payload
 from .storage.content import ContentStore
-from .storage.tombstones import load_tombstones
+from .storage.tombstones import add_pending, load_tombstones
 
 __all__ = ["GCReport", "Progress", "VerifyReport", "collect_garbage", "verify_repository"]
 
@@ -229,7 +229,9 @@ def collect_garbage(parts: RepositoryParts, progress: Progress | None = None) ->
     """Delete unreachable commits, objects, index entries and dead segments.
 
     The caller holds the writer lock. Segments still holding one referenced
-    payload are kept whole.
+    payload are kept, with the payloads nothing references overwritten (so
+    that content dropped here is not left behind where a later purge of it
+    could no longer find it).
     """
     report = GCReport()
     live = reachable(parts.history, _ref_targets(parts), progress=progress)
@@ -248,16 +250,24 @@ def collect_garbage(parts: RepositoryParts, progress: Progress | None = None) ->
     store = parts.writable_store()
     try:
         finish_pending(parts, store)  # a purge a crash interrupted
-        report.samples = store.index.retain(live.digests)
         live_segments: set[tuple[str, int]] = set()
+        dropped: list[tuple[tuple[str, int], bytes]] = []
         with parts.db.read() as txn:
-            for _, raw in store.index.items(txn):
+            for digest, raw in store.index.items(txn):
                 loc = Location.from_bytes(raw)
-                live_segments.add((loc.backend, loc.segment))
+                if digest in live.digests:
+                    live_segments.add((loc.backend, loc.segment))
+                else:
+                    dropped.append(((loc.backend, loc.segment), raw))
+        with parts.db.write() as txn:  # journalled first: a crash leaves them to the next gc
+            add_pending(parts.db, txn, [raw for seg, raw in dropped if seg in live_segments])
+        report.samples = store.index.retain(live.digests)
         parts.store.forget_all()
         _remove_dead_segments(store, live_segments, report)
+        finish_pending(parts, store)
         parts.tables.forget()
-        parts.tables.cache.retain(h.hex() for h in live.objects)
+        generation = parts.store.tombstones(fresh=True).generation
+        parts.tables.cache.retain(parts.tables.cache_name(h, generation) for h in live.objects)
     finally:
         store.close()
     return report

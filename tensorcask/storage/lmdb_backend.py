@@ -34,6 +34,7 @@ from tensorcask.errors import CaskError, CorruptionError, ReadOnlyError
 from tensorcask.layout import LMDB_DATA_FILE
 from tensorcask.storage.base import Backend, Location, Payload
 from tensorcask.storage.db import Identity, check_meta_pages, identity_of, lock_writable
+from tensorcask.storage.lmdb_pages import scrub_free_pages
 from tensorcask.storage.memory import payload_bytes, payload_from_bytes
 
 __all__ = ["LMDBBackend"]
@@ -287,11 +288,6 @@ class LMDBBackend(Backend):
                     txn.delete(key)
                     done += len(old)
         shared.env.sync(True)
-        try:
-            from tensorcask.storage.lmdb_pages import scrub_free_pages  # TEMP
-        except ImportError:
-            return done
-
         scrub_free_pages(shared.env)
         return done
 

@@ -50,14 +50,22 @@ __all__ = [
     "Keys",
     "Tombstone",
     "Tombstones",
+    "add_pending",
     "build_tombstones",
+    "bump",
     "check_operation",
+    "clear_pending",
+    "default_who",
+    "generation",
     "load_tombstones",
     "new_operation",
-    "operations",
     "now_iso",
-    "rows_in",
+    "operations",
+    "pending",
+    "purged_error",
     "record_operation",
+    "rows_in",
+    "update_gone",
 ]
 
 Keys = Sequence[bytes] | Callable[[], Sequence[bytes]] | None
@@ -177,6 +185,7 @@ class Tombstones:
         if not self.content and by_key is None:
             return
         rows = getattr(digests, "rows", None)
+        at: Iterable[int]
         if rows is not None:  # a table's records: test the batch at once, then the hits
             batch = rows()
             hit = rows_in(batch, self._content_rows)
