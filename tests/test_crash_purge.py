@@ -365,8 +365,8 @@ class Model:
         return ("content", digest) in tombs or ("key", column, key, digest) in tombs
 
     def covered(self, tombs: set[tuple[Any, ...]], entry: tuple[Any, ...]) -> bool:
-        """Whether the sample or content of ``entry`` is purged (a sample whose content
-        was purged gets no key tombstone of its own)."""
+        """Whether the sample or content of ``entry`` is purged (by its own tombstone, or
+        one of its content)."""
         return entry in tombs or ("content", entry[-1]) in tombs
 
     def gone(self, tombs: set[tuple[Any, ...]]) -> set[str]:
@@ -558,7 +558,8 @@ def test_kill_during_purges_loses_nothing_and_leaves_no_purged_bytes(tmp_path: P
             extra = tombs - planned
             if logged < len(plan):
                 # the interrupted purge: its transaction committed all its tombstones, or none
-                new = {e for e in expected[logged] if not model.covered(prior, e)}
+                new = expected[logged] - prior  # a key purge records its samples even
+                # where their content is purged already (it outlives a lifted content purge)
                 assert not extra or extra == new, (
                     f"{where}: tombstones of no completed purge: {sorted(extra - new)[:4]}; "
                     f"of the interrupted purge {len(extra & new)} of {len(new)}"
