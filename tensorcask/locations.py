@@ -137,9 +137,14 @@ class KeyedTable:
         clipped = np.minimum(found, len(keys) - 1)
         return np.where(keys[clipped] == query, clipped, -1).astype(np.intp)
 
+    @property
+    def digests(self) -> np.ndarray:
+        """Every record's content digest, as an ``(n, 32)`` uint8 array."""
+        return self._arrays["digests"]
+
     def digest(self, i: int) -> bytes:
         """The content digest of record ``i``."""
-        return self._arrays["digests"][i].tobytes()
+        return self.digests[i].tobytes()
 
 
 def key_arrays(raw_keys: list[bytes]) -> dict[str, np.ndarray]:
@@ -282,7 +287,7 @@ class ColumnTable(KeyedTable):
         (callers name the key); a purged one raises
         :class:`~tensorcask.errors.PurgedDataError` naming ``column`` and the key.
         """
-        digests = RecordDigests(self._arrays["digests"], records)
+        digests = RecordDigests(self.digests, records)
         keys = lambda: RecordKeys(self, records)  # noqa: E731 -- built only if a tombstone asks
         if self.damaged is not None:  # purged says more than "not here"; fetch checks the rest
             store.check_purged(digests, column, keys)

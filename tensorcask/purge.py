@@ -369,9 +369,7 @@ def _digest(value: str | bytes) -> bytes:
 def finish_pending(parts: RepositoryParts, store: ContentStore) -> int:
     """Steps 3 and 4: overwrite what the journal lists, then clear it; return bytes.
 
-    Also zeroes the free pages of the LMDB data environment that no reader
-    sees any more (an earlier purge may have had to leave some while a
-    reader held them). The caller holds the writer lock.
+    The caller holds the writer lock.
     """
     with parts.db.read() as txn:
         todo = stones.pending(parts.db, txn)

@@ -110,7 +110,7 @@ class SampleIndex(Generic[TableT]):
         """The samples (indices) that a column of which is purged, in order."""
         hit = np.zeros(len(self), bool)
         for name, table, at in zip(self.names, self.tables, self.positions, strict=True):
-            rows = tombstones.purged_rows(name, table.arrays()["digests"], table.positions)
+            rows = tombstones.purged_rows(name, table.digests, table.positions)
             hit |= rows if at is None else rows[at]
         return np.flatnonzero(hit)
 

@@ -250,8 +250,7 @@ class StreamSource:
 
     def _open_tables(self, opened: _Opened) -> list[StreamTable]:
         def purged(c: int, table: StreamTable) -> np.ndarray:
-            digests = table.arrays()["digests"]
-            return self._tombstones.purged_rows(self.columns[c], digests, table.positions)
+            return self._tombstones.purged_rows(self.columns[c], table.digests, table.positions)
 
         return stream_tables(opened.remote, self._roots, opened.tables, self._purge_mark, purged)
 
@@ -407,7 +406,7 @@ class StreamSource:
         if self._tombstones.active:
             for c, recs in enumerate(records):
                 table = self._tables[c]
-                digests = RecordDigests(table.arrays()["digests"], recs)
+                digests = RecordDigests(table.digests, recs)
                 self._tombstones.check(digests, self.columns[c], RecordKeys(table, recs))
         plans = [self._pieces(c, recs) for c, recs in enumerate(records)]
         columns: list[list[memoryview | None]] = []
@@ -518,8 +517,7 @@ class StreamSource:
     def _purged(self, c: int) -> np.ndarray:
         """Which records of column ``c`` are purged (a bool mask over its table)."""
         table = self._tables[c]
-        digests = table.arrays()["digests"]
-        return self._tombstones.purged_rows(self.columns[c], digests, table.positions)
+        return self._tombstones.purged_rows(self.columns[c], table.digests, table.positions)
 
     def close(self) -> None:
         """Stop this process's background prefetching."""

@@ -343,8 +343,7 @@ class ContentStore:
         """
         if not self.writable:
             raise ReadOnlyError("this content store is read-only")
-        # lmdb always: its free pages may still hold bytes an earlier purge removed
-        groups: dict[str, list[Location]] = {"lmdb": []}
+        groups: dict[str, list[Location]] = {}
         for loc in locations:
             groups.setdefault(loc.backend, []).append(loc)
         done = 0
