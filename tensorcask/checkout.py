@@ -9,12 +9,14 @@ it, raises :class:`~tensorcask.errors.CheckoutClosedError`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from typing import Any, NoReturn, cast
 
 import numpy as np
 
 from .columns import Column, ColumnContext, StagingSink
+from .derived_tables import derive_table
 from .errors import (
     CaskError,
     ConcurrentUpdateError,
@@ -28,19 +30,25 @@ from .history.objects import ColumnRoot, ColumnSchema, CommitId
 from .history.objectstore import WriteBatch
 from .history.refs import HEADS
 from .history.staging import DELETED, StagingState
-from .history.tree import EMPTY_ROOT
+from .history.tree import EMPTY_ROOT, Edit
 from .keys import utf8, validate_name, validate_ref_name
 from .parts import RepositoryParts
 from .purge import lift, refuse
 from .storage.base import Payload
 from .storage.content import ContentStore
+from .storage.index import Found
 from .storage.lock import WriterLock
+from .table_cache import TableCacheWarning
 
 __all__ = ["Checkout", "Columns", "ReadCheckout", "WriteCheckout"]
 
 _BACKENDS = ("memmap", "hdf5", "lmdb")
 _COMPRESSIONS = (None, "gzip", "lzf")
 
+
+_LOCATED_LIMIT = 1 << 22
+"""Contents whose locations a writer keeps for deriving tables at commit (the rest are
+looked up)."""
 
 MAX_SAMPLE_BYTES = 2**40
 """The largest sample an ndarray column may declare (1 TiB), by its shape or max_shape."""
@@ -267,6 +275,17 @@ class _StagingWriter:
         self.lock = lock
         self.columns = columns  # the checkout's own dict, updated in place
         self.allow_purged = allow_purged
+        self.located: dict[bytes, bytes] = {}  # contents stored since the last commit
+
+    def lookup(self, digests: list[bytes]) -> list[Found]:
+        """Encoded locations of contents: the ones this writer stored, then the index's."""
+        located = self.located
+        out: list[Found] = [located.get(d) for d in digests]
+        rest = [i for i, raw in enumerate(out) if raw is None]
+        if rest:
+            for i, raw in zip(rest, self.store.lookup_raw([digests[i] for i in rest]), strict=True):
+                out[i] = raw
+        return out
 
     def write(
         self,
@@ -291,6 +310,8 @@ class _StagingWriter:
         restored = [d for d in dict.fromkeys(digests) if d in tombstones.gone]
         schema = column.schema
         entries = store.append(schema.backend, schema.compression, payloads, digests, missing)
+        if len(self.located) < _LOCATED_LIMIT:
+            self.located.update(entries)
         with db.write() as txn:
             store.publish(txn, entries)
             self.parts.staging.put(txn, column.name, raw_keys, digests)
@@ -299,6 +320,15 @@ class _StagingWriter:
         if refused or restored:
             self.parts.store.purges_changed()
         store.maintain()
+
+    def check_allowed(self, column: Column, raw_keys: list[bytes], digests: list[Any]) -> None:
+        if self.allow_purged:
+            return
+        tombstones = self.store.tombstones()  # purges wait for the writer lock we hold
+        if tombstones.active:
+            refused = tombstones.refused(column.name, raw_keys, digests)
+            if refused:
+                raise refuse(column.name, refused)
 
     def delete(self, column: Column, raw_key: bytes, *, staged_only: bool) -> None:
         self.lock.check_owned()
@@ -502,7 +532,7 @@ class WriteCheckout(Checkout):
             else:
                 state.columns.pop(name, None)
             self._staging.save_state(txn, state)
-        self._columns.pop(name)
+        self._columns.pop(name).rebase(EMPTY_ROOT, 0)  # drops its buffered writes
 
     def _state(self, txn: Any) -> StagingState:
         state = self._staging.state(txn)
@@ -512,6 +542,15 @@ class WriteCheckout(Checkout):
                 "close this checkout and open a new one"
             )
         return state
+
+    def flush(self) -> None:
+        """Stage every column's buffered single-sample writes now, durably.
+
+        ``commit()`` and ``close()`` flush too; until a flush, ``col[k] = v``
+        writes live only in this process.
+        """
+        self._check_open()
+        self._flush_all()
 
     def _flush_all(self) -> None:
         for column in self._columns.values():
@@ -533,7 +572,7 @@ class WriteCheckout(Checkout):
         self._db.check_identity()
         self._lock.check_owned()
         batch = WriteBatch()
-        roots = self._staged_roots(batch, require_changes=True)
+        roots, edits = self._staged_roots(batch, require_changes=True)
         history = self._history
         config = self._parts.config()
         commit = history.new_commit(
@@ -553,12 +592,51 @@ class WriteCheckout(Checkout):
                 )
             self._staging.clear(txn)
             self._staging.save_state(txn, StagingState(self.branch, commit.id, {}))
+        parents = history.columns(self.commit_id) if self.commit_id else {}
         self.commit_id = commit.id
         self._reload_columns(roots)
+        self._derive_tables(parents, roots, edits)
         return commit.id
 
-    def _staged_roots(self, batch: WriteBatch, *, require_changes: bool) -> dict[str, ColumnRoot]:
-        """The column roots a commit of the staged changes would record.
+    def _derive_tables(
+        self,
+        parents: Mapping[str, ColumnRoot],
+        roots: Mapping[str, ColumnRoot],
+        edits: Mapping[str, list[Edit]],
+    ) -> None:
+        """Save the column tables of a new commit, derived from its parent's
+        (:mod:`~tensorcask.derived_tables`): its first reader then maps them."""
+        tables = self._parts.tables
+        writer = cast(_StagingWriter, self._context.sink)
+        try:
+            for name, column_edits in edits.items():
+                root = roots.get(name)
+                if root is None or not column_edits:
+                    continue
+                parent = parents.get(name)
+                if parent is not None and parent.schema != root.schema:
+                    parent = None  # deleted and re-created: every record is an edit
+                base = tables.cached(parent) if parent is not None and parent.count else None
+                if parent is not None and parent.count and base is None:
+                    continue  # no parent table at hand: built when first read
+                table = derive_table(base, column_edits, writer.lookup, root.schema, root.count)
+                if table is not None:
+                    tables.put(root, table)
+        except (CaskError, OSError) as exc:
+            warnings.warn(
+                f"the column tables of commit {self.commit_id} were not saved ({exc}); "
+                "they are built when first read",
+                TableCacheWarning,
+                stacklevel=3,
+            )
+        finally:
+            writer.located.clear()
+
+    def _staged_roots(
+        self, batch: WriteBatch, *, require_changes: bool
+    ) -> tuple[dict[str, ColumnRoot], dict[str, list[Edit]]]:
+        """The column roots a commit of the staged changes would record, and the
+        record edits of each column.
 
         New record pages go into ``batch``; only a commit stores them.
         """
@@ -581,14 +659,14 @@ class WriteCheckout(Checkout):
             old = roots[name]
             new_root = tree.update(old.tree, column_edits)
             roots[name] = ColumnRoot(old.schema, new_root, tree.count(new_root))
-        return roots
+        return roots, edits
 
     def diff(self) -> Diff:
         """Staged changes against the base commit (flushes buffered writes)."""
         self._check_open()
         self._flush_all()
         batch = WriteBatch()  # pages of the staged trees, read by the diff, never stored
-        staged = self._staged_roots(batch, require_changes=False)
+        staged, _ = self._staged_roots(batch, require_changes=False)
         return diff_columns(
             self._history.tree.with_batch(batch), self._history.columns(self.commit_id), staged
         )

@@ -7,8 +7,13 @@ stored in two steps (data appended and fsynced, then one metadata
 transaction publishes content index and staged records), so a crash never
 leaves a record pointing at missing bytes.
 
-Inside ``with column:`` single-sample writes are buffered and flushed as one
-batch when the block exits (or every :data:`BUFFER_SAMPLES` samples).
+Single-sample writes (``col[k] = v``) are buffered and sent to the staging
+area as one batch every :data:`BUFFER_SAMPLES` samples, at ``flush()``,
+``commit()``, ``close()``, at the end of a ``with column:`` block, and
+before any operation that needs the staged state (``len``, ``keys``,
+``get_many``, a deletion, a diff). Reading a buffered key returns the
+buffered value. A crash loses only writes not flushed yet; never a commit,
+and never anything flushed.
 """
 
 from __future__ import annotations
@@ -54,6 +59,10 @@ class StagingSink(Protocol):
         Purged content is refused (:class:`~tensorcask.errors.PurgedDataError`)
         unless ``allow_purged`` (or the checkout allows it).
         """
+
+    def check_allowed(self, column: Column, raw_keys: list[bytes], digests: list[Any]) -> None:
+        """Raise :class:`~tensorcask.errors.PurgedDataError` now for purged content
+        that a later :meth:`write` of these buffered samples would refuse."""
 
     def delete(self, column: Column, raw_key: bytes, *, staged_only: bool) -> None:
         """Stage the deletion of one key (``staged_only``: it exists only staged)."""
@@ -161,7 +170,9 @@ class Column:
     def _digest_of(self, raw_key: bytes) -> bytes | None:
         co = self._co
         if co.writable:
-            self.flush()
+            held = self._buffer.get(raw_key)
+            if held is not None:
+                return held[1]
             with co.parts.db.read() as txn:
                 staged = co.parts.staging.get(txn, self.name, raw_key)
             if staged is not None:
@@ -230,6 +241,12 @@ class Column:
     def __getitem__(self, key: Key) -> Value:
         self._co.check_open()
         raw_key = encode_key(key)
+        held = self._buffer.get(raw_key) if self._buffer else None
+        if held is not None:
+            payload = held[0]
+            if isinstance(payload, np.ndarray):
+                payload = payload.copy()  # reads never alias what is buffered
+            return from_payload(self.schema, payload)
         table = self._column_table(1)  # one key weighs 1/8 of a batch key
         if table is not None:
             i = table.position(raw_key)
@@ -386,13 +403,13 @@ class Column:
         self._check_writable()
         raw_key = encode_key(key)
         payload, digest = prepare_one(self.schema, value, self.name, key)
-        if self._depth:
-            self._buffer[raw_key] = (payload, digest)
-            if len(self._buffer) >= BUFFER_SAMPLES:
-                self.flush()
-        else:
-            self._writer.write(self, [raw_key], [payload], [digest])
-            self._len = None
+        if isinstance(payload, np.ndarray):
+            payload = payload.copy()  # the caller may change its array after this call
+        self._writer.check_allowed(self, [raw_key], [digest])
+        self._buffer[raw_key] = (payload, digest)
+        self._len = None
+        if len(self._buffer) >= BUFFER_SAMPLES:
+            self.flush()
 
     def update(
         self,
@@ -454,10 +471,14 @@ class Column:
             self.flush()
 
     def flush(self) -> None:
-        """Write the samples buffered by a ``with column:`` block now."""
-        if not self._buffer:
+        """Stage the buffered single-sample writes now, durably.
+
+        Until then they live only in this process (see the module notes); a
+        failed flush keeps them buffered.
+        """
+        buffered = self._buffer
+        if not buffered:
             return
-        buffered, self._buffer = self._buffer, {}
         raw_keys = list(buffered)
         payloads = [p for p, _ in buffered.values()]
         digests = [d for _, d in buffered.values()]
@@ -466,6 +487,7 @@ class Column:
         else:
             stacked = payloads
         self._writer.write(self, raw_keys, stacked, digests)
+        buffered.clear()
         self._len = None
 
     def rebase(self, tree: bytes, count: int) -> None:

@@ -32,7 +32,7 @@ from .storage.base import Location, Payload, TableRows
 from .storage.content import ContentStore
 from .table_cache import CACHE_FORMAT, TableCache
 
-__all__ = ["ColumnTable", "ColumnTables", "KeyedTable", "Lookup", "key_arrays"]
+__all__ = ["ColumnTable", "ColumnTables", "KeyedTable", "Lookup", "key_arrays", "parse_memmap"]
 
 TABLES_IN_MEMORY = 16
 _EAGER = ("int_keys", "segments", "rows", "checksums")  # what every batch read touches
@@ -222,7 +222,7 @@ class ColumnTable(KeyedTable):
             "digests": np.frombuffer(digests, np.uint8).reshape(-1, 32)
         }
         arrays.update(key_arrays(raw_keys))
-        memmap = _parse_memmap(resolved, schema) if good is not None else None
+        memmap = parse_memmap(resolved, schema) if good is not None else None
         if memmap is not None:
             arrays.update(memmap)
         else:
@@ -420,10 +420,40 @@ class ColumnTables:
             table = self._build(root)
             if table.damaged is None:  # a table with unresolved records is never saved
                 self.cache.save(name, stamp, table.arrays())
+        self._remember(root.hash, generation, table)
+        return table
+
+    def cached(self, root: ColumnRoot) -> ColumnTable | None:
+        """The table of ``root`` if it is in memory or in the disk cache (never built)."""
+        generation = self.store.tombstones().generation
+        table = self._memory.get((root.hash, generation))
+        if table is not None:
+            return table
+        name = self.cache_name(root.hash, generation)
+        stamp = {"format": CACHE_FORMAT, "root": name, "count": root.count}
+        arrays = self.cache.load(name, stamp, eager=_EAGER, rebuild=lambda: self._sound(root))
+        if arrays is None:
+            return None
+        try:
+            table = ColumnTable.from_arrays(arrays, root.schema, root.count)
+        except ValueError:
+            self.cache.forget(name)
+            return None
+        self._remember(root.hash, generation, table)
+        return table
+
+    def put(self, root: ColumnRoot, table: ColumnTable) -> None:
+        """Save ``table`` as the table of ``root`` (one derived by its writer)."""
+        generation = self.store.tombstones().generation
+        name = self.cache_name(root.hash, generation)
+        stamp = {"format": CACHE_FORMAT, "root": name, "count": root.count}
+        self.cache.save(name, stamp, table.arrays(), in_use=False)
+        self._remember(root.hash, generation, table)
+
+    def _remember(self, root_hash: bytes, generation: int, table: ColumnTable) -> None:
         if len(self._memory) >= TABLES_IN_MEMORY:
             self._memory.pop(next(iter(self._memory)))
-        self._memory[(root.hash, generation)] = table
-        return table
+        self._memory[(root_hash, generation)] = table
 
     @staticmethod
     def cache_name(root_hash: bytes, generation: int) -> str:
@@ -463,7 +493,7 @@ def _int_keys(raw_keys: list[bytes]) -> np.ndarray | None:
     return np.ascontiguousarray(packed[:, 1:]).view(">u8").ravel().astype(np.uint64)
 
 
-def _parse_memmap(resolved: list[bytes], schema: ColumnSchema) -> dict[str, np.ndarray] | None:
+def parse_memmap(resolved: list[bytes], schema: ColumnSchema) -> dict[str, np.ndarray] | None:
     """Vectorised decoding when every location is a memmap row of the column's group."""
     if not resolved or schema.backend != "memmap":
         return None

@@ -372,9 +372,21 @@ class TableCache:
 
     # -- saving --------------------------------------------------------------
 
-    def save(self, name: str, stamp: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    def save(
+        self,
+        name: str,
+        stamp: dict[str, Any],
+        arrays: dict[str, np.ndarray],
+        *,
+        in_use: bool = True,
+    ) -> None:
         """Store ``arrays`` as ``name`` (best effort: a cache that cannot be
-        written is skipped), then enforce the size bound."""
+        written is skipped), then enforce the size bound.
+
+        A table saved ahead of use (``in_use=False``: derived by a commit) is
+        not protected from eviction as recently used (see :data:`HOT_S`) until
+        something loads it.
+        """
         if not self.writable:
             return
         try:
@@ -385,6 +397,9 @@ class TableCache:
             tmp = self.tables / f".{name}.{uuid.uuid4().hex}.tmp"
             tmp.write_text(json.dumps(doc, sort_keys=True))
             os.replace(tmp, self._manifest(name))
+            if not in_use:
+                idle = time.time() - HOT_S - 1
+                os.utime(self._manifest(name), (idle, idle))
             self.enforce_limit(keep=name)
         except OSError:
             return

@@ -317,6 +317,7 @@ def test_force_release_writer_lock(repo):
     stale = repo.checkout(write=True)
     try:
         stale.add_str_column("s")["a"] = "from the stale writer"
+        stale.flush()  # staged, durably
         holder = repo.force_release_writer_lock()
         assert holder is not None
         assert holder.get("pid") == os.getpid()
@@ -326,9 +327,14 @@ def test_force_release_writer_lock(repo):
             # the old holder can no longer publish
             with pytest.raises(tc.WriterLockError):
                 stale.commit("stale commit")
+            stale["s"]["c"] = "stale write"  # buffered in this process
             with pytest.raises(tc.WriterLockError):
-                stale["s"]["c"] = "stale write"
+                stale.flush()
+            assert stale["s"]["c"] == "stale write"  # a failed flush keeps the buffer
             cid = fresh.commit("fresh commit")
+        with pytest.raises(tc.WriterLockError, match="force-released"):
+            stale.close()  # its buffered write can never be published: said, not dropped
+        assert stale.closed
     finally:
         stale.close()
     assert repo.resolve("main") == cid

@@ -182,6 +182,7 @@ while True:
                 x.update(dict(zip(keys, rows)))
         elif kind == "s":
             s[op[2]] = s_value(op[1], op[2])
+            s.flush()  # staged durably now: the model checks staging in write order
         elif kind == "del_x":
             del x[op[1]]
         elif kind == "del_s":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -39,6 +40,7 @@ def grown(tmp_path: Path) -> tuple[tc.Repository, list[str]]:
             start = N + 50 * round_
             labels.update(np.arange(start, start + 50), np.arange(50, dtype=np.int64))
             commits.append(co.commit(f"append {round_}"))
+    shutil.rmtree(repo.path / "cache")  # the tables commits derived: these tests build their own
     return repo, commits
 
 
@@ -48,6 +50,25 @@ def test_tables_in_use_are_not_evicted(grown: tuple[tc.Repository, list[str]]) -
     for commit in commits[:4]:
         RepoSource(repo, ["labels"], commit=commit)
     assert len(_manifests(repo.path)) == 4  # all opened within HOT_S: kept over the limit
+    repo.close()
+
+
+def test_tables_derived_by_commits_are_evicted_before_tables_in_use(tmp_path: Path) -> None:
+    repo = tc.init(tmp_path / "r", user_name="Ada", user_email="ada@example.org")
+    with repo.checkout(write=True) as co:
+        labels = co.add_ndarray_column("labels", shape=(), dtype="int64")
+        labels.update(np.arange(N), np.arange(N, dtype=np.int64))
+        first = co.commit("base")
+        (derived,) = _manifests(repo.path)  # saved by the commit, before any read
+        RepoSource(repo, ["labels"], commit=first)  # now in use (and not rebuilt)
+        assert _manifests(repo.path) == [derived]
+        repo.table_cache_limit = 0
+        for round_ in range(3):
+            labels[round_] = np.int64(-1)
+            co.commit(f"change {round_}")
+    kept = _manifests(repo.path)
+    # the table in use stays; of the three derived since, only the newest (just saved)
+    assert len(kept) == 2 and derived in kept
     repo.close()
 
 

@@ -107,7 +107,11 @@ class Staging:
             # a column's keys are contiguous: "name\0..." sorts below "name\1"
             j = bisect_left(rows, (name + b"\x01",), lo=i)
             n = len(name) + 1
-            out[name.decode()] = [(k[n:], self._checked(v) or None) for k, v in rows[i:j]]
+            chunk = rows[i:j]
+            if any(len(v) != 32 for _, v in chunk):  # deletions, or damage
+                out[name.decode()] = [(k[n:], self._checked(v) or None) for k, v in chunk]
+            else:
+                out[name.decode()] = [(k[n:], v) for k, v in chunk]
             i = j
         return out
 

@@ -128,7 +128,7 @@ class Node:
 def encode_node(level: int, keys: Sequence[bytes], vals: Sequence[bytes]) -> bytes:
     """Canonical page bytes (what the page hash covers)."""
     offsets = np.zeros(len(keys) + 1, dtype="<u4")
-    np.cumsum([len(k) for k in keys], out=offsets[1:])
+    np.cumsum(list(map(len, keys)), out=offsets[1:])
     return b"".join((_HEAD.pack(_MAGIC, level, len(keys)), offsets.tobytes(), *keys, *vals))
 
 
@@ -539,18 +539,20 @@ class RecordTree:
         entries: list[Edit] = []
         start = 0
         n = len(keys)
-        for i, key in enumerate(keys):
-            if i == n - 1 or not xxh3_64_intdigest(key, level) & _MASK:
-                page_keys, page_vals = keys[start : i + 1], vals[start : i + 1]
-                data = encode_node(level, page_keys, page_vals)
-                node_hash = object_hash(data)
-                self._put(node_hash, data)
-                if level == 0:
-                    count = len(page_keys)
-                else:
-                    count = sum(int.from_bytes(v[32:40], "little") for v in page_vals)
-                entries.append((key, node_hash + count.to_bytes(8, "little")))
-                start = i + 1
+        ends = [i for i, key in enumerate(keys) if not xxh3_64_intdigest(key, level) & _MASK]
+        if n and (not ends or ends[-1] != n - 1):
+            ends.append(n - 1)
+        for i in ends:
+            page_keys, page_vals = keys[start : i + 1], vals[start : i + 1]
+            data = encode_node(level, page_keys, page_vals)
+            node_hash = object_hash(data)
+            self._put(node_hash, data)
+            if level == 0:
+                count = len(page_keys)
+            else:
+                count = sum(int.from_bytes(v[32:40], "little") for v in page_vals)
+            entries.append((keys[i], node_hash + count.to_bytes(8, "little")))
+            start = i + 1
         return entries
 
     def _locate(self, root: bytes, level: int, key: bytes) -> Node:

@@ -39,6 +39,7 @@ __all__ = [
     "LocationGroup",
     "Payload",
     "TableRows",
+    "encode_rows",
     "fsync_path",
     "group_locations",
 ]
@@ -182,6 +183,30 @@ def group_locations(raws: Sequence[bytes]) -> list[LocationGroup]:
     return out
 
 
+def encode_rows(
+    backend: str,
+    segment: int,
+    offsets: np.ndarray,
+    checksums: np.ndarray,
+    dtype: str,
+    shape: tuple[int, ...],
+) -> list[bytes]:
+    """Encoded locations (:meth:`Location.to_bytes`) of rows of one segment, at once."""
+    heads = np.empty(len(offsets), _HEAD_ARRAY)
+    heads["version"] = 1
+    heads["segment"] = segment
+    heads["offset"] = offsets
+    heads["checksum"] = checksums
+    heads["ndim"] = len(shape)
+    tail = _tail(backend, dtype, shape)
+    width = _HEAD.size + len(tail)
+    records = np.empty((len(offsets), width), np.uint8)
+    records[:, : _HEAD.size] = heads.view(np.uint8).reshape(len(offsets), _HEAD.size)
+    records[:, _HEAD.size :] = np.frombuffer(tail, np.uint8)
+    flat = records.tobytes()
+    return [flat[i : i + width] for i in range(0, len(flat), width)]
+
+
 def fsync_path(path: Path | str) -> None:
     """fsync a file or a directory by its path (a directory: to make a rename in it durable)."""
     fd = os.open(path, os.O_RDONLY)
@@ -233,6 +258,14 @@ class Backend(ABC):
     def append_stacked(self, batch: np.ndarray) -> list[Location]:
         """Append each row of ``batch`` (leading axis = samples)."""
         return self.append(list(batch))
+
+    def append_encoded(self, batch: np.ndarray) -> list[bytes]:
+        """:meth:`append_stacked`, returning encoded locations (:meth:`Location.to_bytes`).
+
+        Backends that store rows side by side encode a batch at once instead
+        of one object per row.
+        """
+        return [loc.to_bytes() for loc in self.append_stacked(batch)]
 
     def verify(self, location: Location, data: Payload | memoryview) -> None:
         """Check stored bytes against ``location.checksum``.

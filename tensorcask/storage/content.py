@@ -163,6 +163,12 @@ class ContentStore:
         if not indexes:
             return []
         store = self.backend(backend, compression)
+        if isinstance(payloads, np.ndarray) and compression is None:
+            # Read back through self.backend(backend): no owner to remember.
+            chosen = payloads if len(indexes) == len(payloads) else payloads[np.asarray(indexes)]
+            encoded = store.append_encoded(np.ascontiguousarray(chosen))
+            store.sync()
+            return list(zip([digests[i] for i in indexes], encoded, strict=True))
         if isinstance(payloads, np.ndarray):
             chosen = payloads if len(indexes) == len(payloads) else payloads[np.asarray(indexes)]
             locations = store.append_stacked(np.ascontiguousarray(chosen))

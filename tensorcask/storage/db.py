@@ -62,7 +62,9 @@ _MAP_SIZE = 1 << 40  # address space only: LMDB files are sparse
 
 
 _OPEN: dict[tuple[int, int, int], _Shared] = {}
-_OPEN_LOCK = threading.Lock()
+# Re-entrant: a handle dropped while the lock is held (the garbage collector runs
+# finalizers on any allocation) releases its environment on the same thread.
+_OPEN_LOCK = threading.RLock()
 
 
 class _Shared:

@@ -59,7 +59,9 @@ class _Env:
 
 
 _ENVS: dict[tuple[int, int, int], _Env] = {}
-_ENVS_LOCK = threading.Lock()
+# Re-entrant: a backend dropped while the lock is held (the garbage collector runs
+# finalizers on any allocation) releases its environment on the same thread.
+_ENVS_LOCK = threading.RLock()
 
 
 def _open_lmdb(root: Path, readonly: bool) -> Any:
@@ -108,14 +110,20 @@ def _acquire(root: Path, readonly: bool) -> _Env:
         if shared is None:
             shared = _open_env(root, readonly, identity)
             _ENVS[(pid, *shared.identity)] = shared
-        elif shared.readonly and not readonly:
-            # A writer joins readers of this process: swap in a writable handle
-            # under them (they take it afresh for every transaction).
-            shared.env.close()
-            fresh = _open_env(root, False, shared.identity)
-            shared.env, shared.data, shared.meta = fresh.env, fresh.data, fresh.meta
-            shared.readonly = False
-        shared.users += 1
+            shared.users += 1
+        else:
+            shared.users += 1  # first: a finalizer run below must not close it
+            if shared.readonly and not readonly:
+                # A writer joins readers of this process: swap in a writable handle
+                # under them (they take it afresh for every transaction).
+                shared.env.close()
+                try:
+                    fresh = _open_env(root, False, shared.identity)
+                except BaseException:
+                    shared.users -= 1
+                    raise
+                shared.env, shared.data, shared.meta = fresh.env, fresh.data, fresh.meta
+                shared.readonly = False
         return shared
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import xxhash
 
 from tensorcask.errors import CorruptionError, ReadOnlyError
-from tensorcask.storage.base import BLOB, Backend, Location, Payload
+from tensorcask.storage.base import BLOB, Backend, Location, Payload, encode_rows
 
 __all__ = ["MemmapBackend", "SegmentFiles"]
 
@@ -197,6 +197,37 @@ class MemmapBackend(Backend):
 
     def append_stacked(self, batch: np.ndarray) -> list[Location]:
         """Append every row of ``batch`` with one write per segment touched."""
+        dtype, shape, runs = self._append_rows(batch)
+        locations: list[Location] = []
+        for number, first, checksums in runs:
+            rows = range(first, first + len(checksums))  # one row each for empty rows
+            locations += map(
+                Location,
+                repeat(self.name),
+                repeat(number),
+                rows,
+                repeat(dtype),
+                repeat(shape),
+                checksums,
+            )
+        return locations
+
+    def append_encoded(self, batch: np.ndarray) -> list[bytes]:
+        """:meth:`append_stacked`, encoding the locations of a segment's rows at once."""
+        dtype, shape, runs = self._append_rows(batch)
+        encoded: list[bytes] = []
+        for number, first, checksums in runs:
+            offsets = np.arange(first, first + len(checksums), dtype=np.uint64)
+            encoded += encode_rows(
+                self.name, number, offsets, np.array(checksums, np.uint64), dtype, shape
+            )
+        return encoded
+
+    def _append_rows(
+        self, batch: np.ndarray
+    ) -> tuple[str, tuple[int, ...], list[tuple[int, int, list[int]]]]:
+        """Write the rows; return their dtype, shape and ``(segment, first row,
+        checksums)`` per segment touched."""
         self._check_open()
         if not self.writable:
             raise ReadOnlyError(
@@ -212,12 +243,11 @@ class MemmapBackend(Backend):
         count = len(batch)
         dtype, shape = batch.dtype.str, batch.shape[1:]
         row_bytes = batch.itemsize * math.prod(shape)
-        if row_bytes == 0:
-            empty = Location(self.name, _EMPTY_SEGMENT, 0, dtype, shape, _EMPTY_CHECKSUM)
-            return [empty] * count
+        if row_bytes == 0:  # every empty row has the same location: row 0 of no file
+            return dtype, shape, [(_EMPTY_SEGMENT, 0, [_EMPTY_CHECKSUM])] * count
         data = batch.reshape(-1).view(np.uint8).data
         hash_row = xxhash.xxh3_64_intdigest
-        locations: list[Location] = []
+        runs: list[tuple[int, int, list[int]]] = []
         done = 0
         while done < count:
             segment = self._segment_for((dtype, shape), row_bytes)
@@ -234,14 +264,10 @@ class MemmapBackend(Backend):
             checksums = [
                 hash_row(chunk[i : i + row_bytes]) for i in range(0, len(chunk), row_bytes)
             ]
-            rows = range(segment.rows, segment.rows + take)
-            number = repeat(segment.number)
-            locations += map(
-                Location, repeat(self.name), number, rows, repeat(dtype), repeat(shape), checksums
-            )
+            runs.append((segment.number, segment.rows, checksums))
             segment.rows += take
             done += take
-        return locations
+        return dtype, shape, runs
 
     def _segment_for(self, key: tuple[str, tuple[int, ...]], row_bytes: int) -> _Active:
         if self._pid != os.getpid():
