@@ -60,6 +60,10 @@ class StagingSink(Protocol):
         unless ``allow_purged`` (or the checkout allows it).
         """
 
+    def check_live(self) -> None:
+        """Raise if the checkout may no longer write (its repository was removed, or its
+        writer lock was force-released)."""
+
     def check_allowed(self, column: Column, raw_keys: list[bytes], digests: list[Any]) -> None:
         """Raise :class:`~tensorcask.errors.PurgedDataError` now for purged content
         that a later :meth:`write` of these buffered samples would refuse."""
@@ -189,6 +193,11 @@ class Column:
             self._table = self._co.parts.column_table(root)
         if self._table is not None or self._co.writable or not self._base_count:
             return self._table
+        if not self._reads:  # first read: a table saved by the commit, or by an earlier reader
+            root = ColumnRoot(self.schema, self._tree, self._base_count)
+            self._table = self._co.parts.tables.cached(root)
+            if self._table is not None:
+                return self._table
         self._reads += reads
         threshold = max(_TABLE_MIN_READS, self._base_count // _TABLE_SHARE)
         if self._reads < _SINGLE_READ_WEIGHT * threshold:
@@ -405,6 +414,8 @@ class Column:
         payload, digest = prepare_one(self.schema, value, self.name, key)
         if isinstance(payload, np.ndarray):
             payload = payload.copy()  # the caller may change its array after this call
+        if not self._buffer:
+            self._writer.check_live()  # a stale writer learns at once, not at the flush
         self._writer.check_allowed(self, [raw_key], [digest])
         self._buffer[raw_key] = (payload, digest)
         self._len = None

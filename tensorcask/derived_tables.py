@@ -93,14 +93,18 @@ def derive_table(
     added = ~present & sets
     out_keys = old_keys[keep]
     where = np.searchsorted(out_keys, edit_keys[added])
+    dropping, adding = not keep.all(), added.any()
     arrays: dict[str, np.ndarray] = {}
     for name, array in old.items():
         if changed.any():
             array = array.copy()
             array[at[changed]] = new[name][value_of[changed]]
-        array = array[keep]
-        arrays[name] = np.insert(array, where, new[name][value_of[added]], axis=0)
-    arrays["int_keys"] = np.insert(out_keys, where, edit_keys[added])
+        if dropping:
+            array = array[keep]
+        if adding:
+            array = np.insert(array, where, new[name][value_of[added]], axis=0)
+        arrays[name] = array
+    arrays["int_keys"] = np.insert(out_keys, where, edit_keys[added]) if adding else out_keys
     if len(arrays["int_keys"]) != count:
         return None
     return ColumnTable(arrays, schema, count)

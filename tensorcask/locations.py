@@ -498,7 +498,7 @@ def parse_memmap(resolved: list[bytes], schema: ColumnSchema) -> dict[str, np.nd
     if not resolved or schema.backend != "memmap":
         return None
     width = len(resolved[0])
-    if any(len(r) != width for r in resolved):
+    if len(set(map(len, resolved))) != 1:
         return None
     records = np.frombuffer(b"".join(resolved), np.uint8).reshape(len(resolved), width)
     tail = records[0, _HEAD_BYTES:].tobytes()

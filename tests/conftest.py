@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
+import os
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +15,13 @@ import numpy as np
 import pytest
 
 import tensorcask as tc
+
+# One test process runs tf.data and forks DataLoader workers. A forked child
+# that garbage-collects a tf.data iterator its parent had dropped runs its
+# destructor, which waits for TensorFlow threads that do not exist in the child:
+# the worker hangs. Objects alive at a fork are frozen, so children never collect
+# them (the parent unfreezes its own at once).
+os.register_at_fork(before=gc.freeze, after_in_parent=gc.unfreeze)
 
 
 @pytest.fixture(autouse=True)

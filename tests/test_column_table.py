@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -87,10 +88,24 @@ def test_table_read_of_a_damaged_row_names_the_key(tmp_path: Path, eager_tables:
 
 def test_tables_are_built_only_after_enough_reads(tmp_path: Path) -> None:
     repo, cid, _ = _repo(tmp_path)
+    shutil.rmtree(repo.path / "cache")  # the table its commit derived
+    repo.close()
+    repo = tc.Repository(tmp_path / "r")
     with repo.checkout(commit=cid) as rc:
         col = rc["images"]
         col.get_many([0, 2])
         assert col._table is None  # a few reads resolve keys one by one
+    repo.close()
+
+
+def test_a_table_at_hand_serves_the_first_read(tmp_path: Path) -> None:
+    repo, cid, images = _repo(tmp_path)
+    repo.close()
+    repo = tc.Repository(tmp_path / "r")  # a fresh handle: the table its commit saved
+    with repo.checkout(commit=cid) as rc:
+        col = rc["images"]
+        assert np.array_equal(col[2], images[1])
+        assert col._table is not None
     repo.close()
 
 

@@ -709,3 +709,44 @@ def test_unsupported_dtypes_raise_schema_error(repo, dtype):
         with pytest.raises(tc.SchemaError):
             co.add_ndarray_column("x", shape=(2,), dtype=dtype)
         assert "x" not in co.columns
+
+
+def test_zstd_column_stores_less_and_reads_back_in_a_fresh_process(repo, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    rng = np.random.default_rng(3)
+    images = (rng.integers(0, 4, (500, 28, 28)) * 64).astype(np.uint8)  # compressible
+    with repo.checkout(write=True) as co:
+        plain = co.add_ndarray_column("plain", shape=(28, 28), dtype="uint8")
+        packed = co.add_ndarray_column("packed", shape=(28, 28), dtype="uint8", compression="zstd")
+        assert packed.schema.compression == "zstd" and packed.schema.backend == "hdf5"
+        plain.update(np.arange(500), images)
+        packed.update(np.arange(500), images)
+        packed[500] = images[0] + 1  # a single write, buffered
+        cid = co.commit("zstd")
+    data = Path(repo.path) / "data"
+    used = {
+        p.name: sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) for p in data.iterdir()
+    }
+    assert used["hdf5"] < used["memmap"] / 2
+    assert repo.verify(full=True).ok
+    # a process that never wrote zstd must load the filter to read it
+    script = (
+        "import sys, numpy as np, tensorcask as tc\n"
+        "co = tc.Repository(sys.argv[1]).checkout(commit=sys.argv[2])\n"
+        "print(int(co['packed'].get_many(np.arange(501)).astype(np.int64).sum()))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(repo.path), cid],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+    assert int(out.stdout.strip()) == int(images.astype(np.int64).sum() + (images[0] + 1).sum())
+    with repo.checkout(commit=cid) as rc:
+        assert np.array_equal(rc["packed"].get_many(np.arange(500)), images)

@@ -92,6 +92,14 @@ KINDS = {
             lambda: _array(96 << 10),
         ),
         Kind(
+            "zstd-hdf5",
+            "hdf5",
+            lambda co, name: co.add_ndarray_column(
+                name, shape=(None,), dtype="uint8", compression="zstd"
+            ),
+            lambda: _array(96 << 10),  # incompressible: zstd keeps such blocks as they are
+        ),
+        Kind(
             "lzf-hdf5",
             "hdf5",
             lambda co, name: co.add_ndarray_column(

@@ -224,11 +224,14 @@ class RecordTree:
         if data is None:
             data = self._load(node_hash)
         node = decode_node(data, node_hash)
+        self._remember(node_hash, node)
+        return node
+
+    def _remember(self, node_hash: bytes, node: Node) -> None:
         if len(self._cache) >= self._cache_pages:
             # evict the oldest page; upper pages are re-read at once if hot
             del self._cache[next(iter(self._cache))]
         self._cache[node_hash] = node
-        return node
 
     def get(self, root: bytes, key: bytes) -> bytes | None:
         """The value stored for ``key``, or None."""
@@ -436,6 +439,9 @@ class RecordTree:
     def _put(self, node_hash: bytes, data: bytes) -> None:
         assert self.batch is not None
         self.batch.put(node_hash, data)
+        # The next commit's update starts from these pages: keep them decoded (a
+        # page is named by its content, so one never stored is simply never asked for).
+        self._remember(node_hash, decode_node(data, node_hash))
 
     def _update_level(
         self, root: bytes, height: int, level: int, edits: Sequence[Edit]

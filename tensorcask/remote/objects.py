@@ -93,4 +93,7 @@ class RemoteObjectStore(ObjectStore):
         with self._lock:
             for n in wanted:
                 self._commits.pop(n, None)
+            # Packs are named by content: one written anew after this delete may bear the
+            # name of a pack read before, so read every pack's commits again when asked.
+            self._commit_units.clear()
         return self.packs.delete_many(wanted)

@@ -476,8 +476,11 @@ class ContentIndex:
         table; one in a run is shadowed, since the recent table is searched first.
         """
         if entries:
+            digests = np.frombuffer(b"".join([d for d, _ in entries]), np.uint8).reshape(-1, 32)
+            order = np.argsort(_prefixes(digests), kind="stable").tolist()  # B-tree order
+            items = [(d, seal(d, loc)) for d, loc in entries]
             cursor = txn.cursor(db=self.db.tables["content"])
-            cursor.putmulti(sorted((d, seal(d, loc)) for d, loc in entries), overwrite=True)
+            cursor.putmulti([items[i] for i in order], overwrite=True)
 
     def needs_compaction(self, txn: lmdb.Transaction) -> bool:
         """Whether the recent table outgrew :data:`RECENT_LIMIT`."""

@@ -272,3 +272,17 @@ TestLMDBRefsStateful = LMDBRefsMachine.TestCase
 TestLMDBRefsStateful.settings = SETTINGS
 TestRemoteRefsStateful = RemoteRefsMachine.TestCase
 TestRemoteRefsStateful.settings = SETTINGS
+
+
+def test_remote_commit_stored_again_after_delete_is_found(tmp_path: Path) -> None:
+    """A pack written anew after a delete can bear the name of a pack read before."""
+    store = RemoteObjectStore(open_transport((tmp_path / "remote").as_uri()))
+    name = b"\0" * 19 + b"\1"  # a commit name
+    batch = WriteBatch()
+    batch.put(name, b"")
+    store.write(batch)
+    assert store.get(name) == b""  # its pack's commits are read (and remembered)
+    assert store.delete_many([name]) == 1
+    store.put(name, b"")  # the same pack again, by content
+    assert store.get(name) == b""
+    assert store.get_many([name]) == [b""]

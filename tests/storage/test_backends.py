@@ -187,7 +187,10 @@ class TestHDF5Backend(BackendConformance):
             data = file["data"]
             assert data.shape == (17,) and data.maxshape == (None,)
             assert data.chunks == (HDF5Backend.chunk_bytes // 4,)
-            assert data.compression == self.compression
+            plist = data.id.get_create_plist()
+            filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
+            expected = {None: [], "gzip": [h5py.h5z.FILTER_DEFLATE], "zstd": [32015]}
+            assert filters == expected[self.compression]
 
     def test_reads_coalesce_nearby_payloads(self, tmp_path: Path) -> None:
         backend = self.make_backend(tmp_path)
@@ -199,7 +202,7 @@ class TestHDF5Backend(BackendConformance):
 
     def test_unknown_compression_is_refused(self, tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="compression"):
-            HDF5Backend(tmp_path, writable=True, compression="zstd")
+            HDF5Backend(tmp_path, writable=True, compression="brotli")
 
     def test_lzf_round_trip(self, tmp_path: Path) -> None:
         backend = HDF5Backend(tmp_path / "lzf", writable=True, compression="lzf")
@@ -214,6 +217,10 @@ class TestHDF5Backend(BackendConformance):
 
 class TestHDF5GzipBackend(TestHDF5Backend):
     compression = "gzip"
+
+
+class TestHDF5ZstdBackend(TestHDF5Backend):
+    compression = "zstd"
 
 
 class TestLMDBBackend(BackendConformance):
@@ -316,6 +323,7 @@ DISK_BACKENDS = [
     pytest.param("memmap", {}, id="memmap"),
     pytest.param("hdf5", {}, id="hdf5"),
     pytest.param("hdf5", {"compression": "gzip"}, id="hdf5-gzip"),
+    pytest.param("hdf5", {"compression": "zstd"}, id="hdf5-zstd"),
     pytest.param("lmdb", {}, id="lmdb"),
 ]
 

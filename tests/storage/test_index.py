@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,7 @@ def test_damaged_run_file_raises_corruption_error(tmp_path: Path, tiny_index: No
     run = _runs(repo.path)[0]
     with open(run, "r+b") as f:
         f.truncate(run.stat().st_size - 3)
+    shutil.rmtree(repo.path / "cache")  # the column table the commit derived: look keys up
     repo.close()
     repo = tc.Repository(tmp_path / "r")
     with repo.checkout(commit=cid) as rc, pytest.raises(tc.CorruptionError, match="run"):

@@ -22,8 +22,8 @@ from tensorcask.storage.memory import MemoryBackend, MemoryStore
 
 from .conformance import same, sample
 
-KINDS = ["memmap", "hdf5", "hdf5-gzip", "hdf5-lzf", "lmdb", "memory"]
-HDF5_KINDS = ["hdf5", "hdf5-gzip", "hdf5-lzf"]
+KINDS = ["memmap", "hdf5", "hdf5-gzip", "hdf5-lzf", "hdf5-zstd", "lmdb", "memory"]
+HDF5_KINDS = ["hdf5", "hdf5-gzip", "hdf5-lzf", "hdf5-zstd"]
 CHUNK_BYTES = 1024
 """Chunk size of the HDF5 datasets here: payloads span several chunks."""
 
@@ -78,7 +78,7 @@ def flip_byte(path: str | Path, position: int) -> None:
 
 def stored_position(kind: str, path: str, location: Location, value: np.ndarray) -> int:
     """Position in ``path`` of a byte that, flipped, damages the payload at ``location``."""
-    if kind in ("hdf5-gzip", "hdf5-lzf"):
+    if kind in ("hdf5-gzip", "hdf5-lzf", "hdf5-zstd"):
         with h5py.File(path, "r", swmr=True) as file:
             data = file["data"]
             (chunk,) = data.chunks
