@@ -397,30 +397,19 @@ class ColumnTables:
         self._memory: dict[tuple[bytes, int], ColumnTable] = {}
 
     def get(self, root: ColumnRoot) -> ColumnTable:
-        """The table of a committed column root.
+        """The table of a committed column root: in memory, in the disk cache, else built
+        (and saved).
 
         Tables are known by root and purge generation: content a purge had
         removed and that is stored again has moved, so tables from before
         that are not used after it.
         """
-        generation = self.store.tombstones().generation
-        table = self._memory.get((root.hash, generation))
-        if table is not None:
-            return table
-        name = self.cache_name(root.hash, generation)
-        stamp = {"format": CACHE_FORMAT, "root": name, "count": root.count}
-        arrays = self.cache.load(name, stamp, eager=_EAGER, rebuild=lambda: self._sound(root))
-        table = None
-        if arrays is not None:
-            try:
-                table = ColumnTable.from_arrays(arrays, root.schema, root.count)
-            except ValueError:
-                self.cache.forget(name)
+        table = self.cached(root)
         if table is None:
             table = self._build(root)
             if table.damaged is None:  # a table with unresolved records is never saved
-                self.cache.save(name, stamp, table.arrays())
-        self._remember(root.hash, generation, table)
+                self.cache.save(*self._naming(root), table.arrays())
+            self._remember(root.hash, self.store.tombstones().generation, table)
         return table
 
     def cached(self, root: ColumnRoot) -> ColumnTable | None:
@@ -429,8 +418,7 @@ class ColumnTables:
         table = self._memory.get((root.hash, generation))
         if table is not None:
             return table
-        name = self.cache_name(root.hash, generation)
-        stamp = {"format": CACHE_FORMAT, "root": name, "count": root.count}
+        name, stamp = self._naming(root)
         arrays = self.cache.load(name, stamp, eager=_EAGER, rebuild=lambda: self._sound(root))
         if arrays is None:
             return None
@@ -444,11 +432,13 @@ class ColumnTables:
 
     def put(self, root: ColumnRoot, table: ColumnTable) -> None:
         """Save ``table`` as the table of ``root`` (one derived by its writer)."""
-        generation = self.store.tombstones().generation
-        name = self.cache_name(root.hash, generation)
-        stamp = {"format": CACHE_FORMAT, "root": name, "count": root.count}
-        self.cache.save(name, stamp, table.arrays(), in_use=False)
-        self._remember(root.hash, generation, table)
+        self.cache.save(*self._naming(root), table.arrays(), in_use=False)
+        self._remember(root.hash, self.store.tombstones().generation, table)
+
+    def _naming(self, root: ColumnRoot) -> tuple[str, dict[str, int | str]]:
+        """The cache name and stamp of ``root``'s table at the current purge generation."""
+        name = self.cache_name(root.hash, self.store.tombstones().generation)
+        return name, {"format": CACHE_FORMAT, "root": name, "count": root.count}
 
     def _remember(self, root_hash: bytes, generation: int, table: ColumnTable) -> None:
         if len(self._memory) >= TABLES_IN_MEMORY:

@@ -335,6 +335,13 @@ class ContentStore:
                 return [self._reader(loc).read_durable(loc) for loc in where]
             if stack:
                 return self._read_stacked(where)
+            first = where[0] if where else None
+            if (
+                first is not None
+                and not self._owner
+                and all(loc.backend == first.backend for loc in where)
+            ):  # one call: the backend reads nearby payloads (one HDF5 chunk) together
+                return self.backend(first.backend).read_many(where)
             return [self._reader(loc).read(loc) for loc in where]
         except CorruptionError:
             self.db.check_identity()  # a removed repository: say so, not "damaged"
