@@ -335,7 +335,7 @@ class ContentStore:
                 return [self._reader(loc).read_durable(loc) for loc in where]
             if stack:
                 return self._read_stacked(where)
-            first = where[0] if where else None
+            first = where[0] if len(where) > 1 else None
             if (
                 first is not None
                 and not self._owner
