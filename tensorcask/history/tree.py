@@ -201,6 +201,7 @@ class RecordTree:
         self._load_many = load_many
         self._cache: dict[bytes, Node] = {}
         self._cache_pages = cache_pages
+        self._written: dict[bytes, bytes] = {}  # pages this process wrote lately, undecoded
         self.batch: WriteBatch | None = None
 
     def with_batch(self, batch: WriteBatch) -> RecordTree:
@@ -221,6 +222,8 @@ class RecordTree:
         if node is not None:
             return node
         data = None if self.batch is None else self.batch.get(node_hash)
+        if data is None:
+            data = self._written.get(node_hash)
         if data is None:
             data = self._load(node_hash)
         node = decode_node(data, node_hash)
@@ -439,9 +442,12 @@ class RecordTree:
     def _put(self, node_hash: bytes, data: bytes) -> None:
         assert self.batch is not None
         self.batch.put(node_hash, data)
-        # The next commit's update starts from these pages: keep them decoded (a
-        # page is named by its content, so one never stored is simply never asked for).
-        self._remember(node_hash, decode_node(data, node_hash))
+        # The next commit's update starts from these pages: keep them (a page is named
+        # by its content, so one never stored is simply never asked for).
+        written = self._written
+        if len(written) >= self._cache_pages:
+            del written[next(iter(written))]
+        written[node_hash] = data
 
     def _update_level(
         self, root: bytes, height: int, level: int, edits: Sequence[Edit]
