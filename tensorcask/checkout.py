@@ -717,6 +717,15 @@ class WriteCheckout(Checkout):
     def __del__(self) -> None:
         if not getattr(self, "closed", True) and getattr(self, "_lock", None) is not None:
             try:
+                dropped = sum(column.pending for column in self._columns.values())
+                if dropped:  # never lost silently: flushing here could run at interpreter exit
+                    warnings.warn(
+                        f"a write checkout of branch {self.branch!r} was dropped without "
+                        f"close(): {dropped} buffered writes were not staged; call "
+                        "co.flush(), co.commit() or co.close() (or use `with`)",
+                        ResourceWarning,
+                        stacklevel=2,
+                    )
                 self._store.close()
                 self._lock.release()
             except Exception:

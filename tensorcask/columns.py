@@ -481,6 +481,11 @@ class Column:
         if self._depth == 0 and not self._co.closed:
             self.flush()
 
+    @property
+    def pending(self) -> int:
+        """Single-sample writes buffered in this process, not staged yet."""
+        return len(self._buffer)
+
     def flush(self) -> None:
         """Stage the buffered single-sample writes now, durably.
 

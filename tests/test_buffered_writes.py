@@ -395,3 +395,20 @@ def test_sigkill_loses_only_unflushed_writes(tmp_path, buffer, flushed, unflushe
         assert co["x"].keys() == co["t"].keys() == [*range(survive), *sorted(base)]
         for i in range(survive):
             assert same(co["x"][i], x_value(i)) and co["t"][i] == f"t{i}"
+
+
+def test_a_dropped_checkout_warns_about_its_buffered_writes(tmp_path: Path) -> None:
+    import gc
+
+    repo = tc.init(tmp_path / "dropped", user_name="Ada", user_email="ada@example.org")
+    co = repo.checkout(write=True)
+    col = co.add_str_column("s")
+    col["a"] = "kept only in this process"
+    assert col.pending == 1
+    del col
+    with pytest.warns(ResourceWarning, match="1 buffered writes were not staged"):
+        del co
+        gc.collect()
+    with repo.checkout(write=True) as again:  # the lock was given back
+        assert "a" not in again["s"]
+    repo.close()
