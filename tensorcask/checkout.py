@@ -9,7 +9,11 @@ it, raises :class:`~tensorcask.errors.CheckoutClosedError`.
 
 from __future__ import annotations
 
+import atexit
+import os
+import sys
 import warnings
+import weakref
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from typing import Any, NoReturn, cast
 
@@ -46,6 +50,9 @@ _BACKENDS = ("memmap", "hdf5", "lmdb")
 _COMPRESSIONS = (None, "gzip", "lzf", "zstd")
 
 
+_DERIVE_RECORDS = 2_000_000
+"""Above this many records, a commit derives a column's table only when it edits at
+least 1% of them: the copy costs ~30 ms per million records."""
 _LOCATED_LIMIT = 1 << 22
 """Contents whose locations a writer keeps for deriving tables at commit (the rest are
 looked up)."""
@@ -310,8 +317,8 @@ class _StagingWriter:
         restored = [d for d in dict.fromkeys(digests) if d in tombstones.gone]
         schema = column.schema
         entries = store.append(schema.backend, schema.compression, payloads, digests, missing)
-        if len(self.located) < _LOCATED_LIMIT:
-            self.located.update(entries)
+        if len(self.located) + len(entries) <= _LOCATED_LIMIT:
+            self.located.update(entries)  # (beyond: the commit looks them up)
         with db.write() as txn:
             store.publish(txn, entries)
             self.parts.staging.put(txn, column.name, raw_keys, digests)
@@ -371,6 +378,7 @@ class WriteCheckout(Checkout):
         if parts.head(branch) is None:  # a new branch; an existing one keeps any old name
             validate_ref_name(branch, "branch name")
         self.branch = branch
+        self._pid = os.getpid()  # a forked copy never flushes its parent's buffered writes
         self._lock: WriterLock = parts.writer_lock()
         self._lock.acquire(f"write checkout of branch {branch!r}")
         try:
@@ -384,6 +392,7 @@ class WriteCheckout(Checkout):
         except BaseException:
             self._lock.release()
             raise
+        _track(self)
 
     @staticmethod
     def _open_staging(parts: RepositoryParts, branch: str) -> StagingState:
@@ -625,9 +634,14 @@ class WriteCheckout(Checkout):
                 parent = parents.get(name)
                 if parent is not None and parent.schema != root.schema:
                     parent = None  # deleted and re-created: every record is an edit
-                base = tables.cached(parent) if parent is not None and parent.count else None
-                if parent is not None and parent.count and base is None:
-                    continue  # no parent table at hand: built when first read
+                records = 0 if parent is None else parent.count
+                if records > _DERIVE_RECORDS and records > 100 * len(column_edits):
+                    continue  # copying a huge table for a small change: built when read
+                base = None
+                if parent is not None and parent.count:
+                    base = tables.cached(parent, in_use=False)
+                if parent is not None and parent.count and (base is None or base.damaged):
+                    continue  # no sound parent table at hand: built when first read
                 table = derive_table(base, column_edits, writer.lookup, root.schema, root.count)
                 if table is not None:
                     tables.put(root, table)
@@ -703,11 +717,15 @@ class WriteCheckout(Checkout):
         self._reload_columns(self._history.columns(self.commit_id))
 
     def close(self) -> None:
-        """Flush buffered writes, seal segments and release the writer lock."""
+        """Flush buffered writes, seal segments and release the writer lock.
+
+        In a forked copy of the process that opened it, nothing is flushed:
+        the buffered writes belong to the parent.
+        """
         if self.closed:
             return
         try:
-            if self._lock.held:
+            if self._lock.held and self._pid == os.getpid():
                 self._flush_all()
         finally:
             self._context.closed = True
@@ -716,9 +734,12 @@ class WriteCheckout(Checkout):
 
     def __del__(self) -> None:
         if not getattr(self, "closed", True) and getattr(self, "_lock", None) is not None:
+            if self._pid == os.getpid() and not sys.is_finalizing():
+                _close_unclosed(self)  # dropped without close(): still stages its writes
+                return
             try:
                 dropped = sum(column.pending for column in self._columns.values())
-                if dropped:  # never lost silently: flushing here could run at interpreter exit
+                if dropped:  # a forked copy, or interpreter teardown: never lost silently
                     warnings.warn(
                         f"a write checkout of branch {self.branch!r} was dropped without "
                         f"close(): {dropped} buffered writes were not staged; call "
@@ -730,3 +751,46 @@ class WriteCheckout(Checkout):
                 self._lock.release()
             except Exception:
                 pass
+
+
+_OPEN_WRITERS: weakref.WeakSet[WriteCheckout] = weakref.WeakSet()
+
+
+def _close_unclosed(checkout: WriteCheckout) -> None:
+    """Close a checkout nobody closed (staging its buffered writes), or say why its
+    writes could not be staged."""
+    try:
+        checkout.close()
+    except Exception as exc:
+        warnings.warn(
+            f"a write checkout of branch {checkout.branch!r} was not closed, and staging its "
+            f"buffered writes failed: {exc}",
+            UserWarning,
+            stacklevel=2,
+        )
+
+
+def _close_open_writers() -> None:
+    """At interpreter exit, stage the buffered writes of checkouts left open (a forked
+    copy's close() flushes nothing)."""
+    for checkout in list(_OPEN_WRITERS):
+        if not checkout.closed:
+            _close_unclosed(checkout)
+
+
+def _track(checkout: WriteCheckout) -> None:
+    """Remember an open write checkout for :func:`_close_open_writers`.
+
+    The exit hook is registered at the first checkout, after the hooks that
+    release the repository's files (``weakref.finalize`` registers its own
+    at the first handle): exit hooks run last-registered first, so the
+    checkouts are closed while their files are still open.
+    """
+    global _EXIT_HOOKED
+    if not _EXIT_HOOKED:
+        atexit.register(_close_open_writers)
+        _EXIT_HOOKED = True
+    _OPEN_WRITERS.add(checkout)
+
+
+_EXIT_HOOKED = False

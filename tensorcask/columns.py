@@ -8,8 +8,9 @@ transaction publishes content index and staged records), so a crash never
 leaves a record pointing at missing bytes.
 
 Single-sample writes (``col[k] = v``) are buffered and sent to the staging
-area as one batch every :data:`BUFFER_SAMPLES` samples, at ``flush()``,
-``commit()``, ``close()``, at the end of a ``with column:`` block, and
+area as one batch every :data:`BUFFER_SAMPLES` samples (or
+:data:`BUFFER_BYTES`), at ``flush()``, ``commit()``, ``close()``, at the
+end of a ``with column:`` block, and
 before any operation that needs the staged state (``len``, ``keys``,
 ``get_many``, a deletion, a diff). Reading a buffered key returns the
 buffered value. A crash loses only writes not flushed yet; never a commit,
@@ -34,9 +35,11 @@ from .samples import Value, from_payload, prepare_batch, prepare_one
 from .storage.base import Location, Payload
 from .storage.content import ContentStore
 
-__all__ = ["BUFFER_SAMPLES", "Column", "ColumnContext", "StagingSink"]
+__all__ = ["BUFFER_BYTES", "BUFFER_SAMPLES", "Column", "ColumnContext", "StagingSink"]
 
 BUFFER_SAMPLES = 8192
+BUFFER_BYTES = 64 << 20
+"""Buffered single writes are also staged once they hold this many bytes."""
 _TABLE_MIN_READS = 4096
 _TABLE_SHARE = 16  # resolve a whole column once 1/16 of its size has been read
 _SINGLE_READ_WEIGHT = 8  # single reads resolve the column only after half of it was read
@@ -124,6 +127,7 @@ class Column:
         self._base_count = count
         self._len: int | None = None if context.writable else count
         self._buffer: dict[bytes, tuple[Payload, Digest]] = {}
+        self._buffered_bytes = 0
         self._depth = 0
         self._reads = 0  # keys read so far: resolving the whole column pays off past a share
         self._table: ColumnTable | None = None
@@ -416,10 +420,12 @@ class Column:
             payload = payload.copy()  # the caller may change its array after this call
         if not self._buffer:
             self._writer.check_live()  # a stale writer learns at once, not at the flush
+            self._buffered_bytes = 0
         self._writer.check_allowed(self, [raw_key], [digest])
         self._buffer[raw_key] = (payload, digest)
+        self._buffered_bytes += len(payload) if isinstance(payload, bytes) else payload.nbytes
         self._len = None
-        if len(self._buffer) >= BUFFER_SAMPLES:
+        if len(self._buffer) >= BUFFER_SAMPLES or self._buffered_bytes >= BUFFER_BYTES:
             self.flush()
 
     def update(

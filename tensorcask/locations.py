@@ -404,22 +404,30 @@ class ColumnTables:
         removed and that is stored again has moved, so tables from before
         that are not used after it.
         """
-        table = self.cached(root)
+        generation = self.store.tombstones().generation  # once: a build may take seconds
+        table = self.cached(root, generation)
         if table is None:
             table = self._build(root)
             if table.damaged is None:  # a table with unresolved records is never saved
-                self.cache.save(*self._naming(root), table.arrays())
-            self._remember(root.hash, self.store.tombstones().generation, table)
+                self.cache.save(*self._naming(root, generation), table.arrays())
+            self._remember(root.hash, generation, table)
         return table
 
-    def cached(self, root: ColumnRoot) -> ColumnTable | None:
-        """The table of ``root`` if it is in memory or in the disk cache (never built)."""
-        generation = self.store.tombstones().generation
+    def cached(
+        self, root: ColumnRoot, generation: int | None = None, *, in_use: bool = True
+    ) -> ColumnTable | None:
+        """The table of ``root`` if it is in memory or in the disk cache (never built),
+        at the purge ``generation`` (default: the current one). ``in_use=False``: a
+        commit deriving from it, which does not make it recently used."""
+        if generation is None:
+            generation = self.store.tombstones().generation
         table = self._memory.get((root.hash, generation))
         if table is not None:
             return table
-        name, stamp = self._naming(root)
-        arrays = self.cache.load(name, stamp, eager=_EAGER, rebuild=lambda: self._sound(root))
+        name, stamp = self._naming(root, generation)
+        arrays = self.cache.load(
+            name, stamp, eager=_EAGER, rebuild=lambda: self._sound(root), in_use=in_use
+        )
         if arrays is None:
             return None
         try:
@@ -431,13 +439,17 @@ class ColumnTables:
         return table
 
     def put(self, root: ColumnRoot, table: ColumnTable) -> None:
-        """Save ``table`` as the table of ``root`` (one derived by its writer)."""
-        self.cache.save(*self._naming(root), table.arrays(), in_use=False)
-        self._remember(root.hash, self.store.tombstones().generation, table)
+        """Save ``table`` as the table of ``root`` (one derived by its writer).
 
-    def _naming(self, root: ColumnRoot) -> tuple[str, dict[str, int | str]]:
-        """The cache name and stamp of ``root``'s table at the current purge generation."""
-        name = self.cache_name(root.hash, self.store.tombstones().generation)
+        Not kept in memory: its arrays are private copies, while a table
+        loaded from the cache is mapped (the next commit maps it back).
+        """
+        generation = self.store.tombstones().generation
+        self.cache.save(*self._naming(root, generation), table.arrays(), in_use=False)
+
+    def _naming(self, root: ColumnRoot, generation: int) -> tuple[str, dict[str, int | str]]:
+        """The cache name and stamp of ``root``'s table at a purge generation."""
+        name = self.cache_name(root.hash, generation)
         return name, {"format": CACHE_FORMAT, "root": name, "count": root.count}
 
     def _remember(self, root_hash: bytes, generation: int, table: ColumnTable) -> None:

@@ -188,6 +188,14 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
+def _forget_pool() -> None:
+    global _POOL  # a forked child has the pool but not its threads
+    _POOL = None
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _hash_rows(base: Any, view: memoryview, step: int) -> list[Digest]:
     """Digests of the consecutive ``step``-byte rows of ``view`` (``base``: the primed state)."""
     copy = base.copy

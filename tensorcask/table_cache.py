@@ -272,6 +272,8 @@ class TableCache:
         stamp: dict[str, Any],
         eager: Iterable[str] = (),
         rebuild: Callable[[], Mapping[str, np.ndarray] | None] | None = None,
+        *,
+        in_use: bool = True,
     ) -> LazyArrays | None:
         """The arrays saved as ``name``; None if absent, damaged or stale.
 
@@ -279,7 +281,8 @@ class TableCache:
         on first use: a damaged one then removes the table and is served
         from ``rebuild()`` (the caller's fresh build of the same arrays), or,
         where that is None, raises :class:`~tensorcask.errors.CorruptionError`
-        naming its piece. Damaged and
+        naming its piece. ``in_use=False`` leaves the table's place in the
+        eviction order as it was. Damaged and
         stale tables raise a :class:`TableCacheWarning` and are removed, so
         the caller's rebuild replaces them.
         """
@@ -309,7 +312,7 @@ class TableCache:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             self._discard(name, str(exc))
             return None
-        if self.writable:
+        if self.writable and in_use:  # (not a commit's look at its parent's table)
             with contextlib.suppress(OSError):
                 os.utime(path)  # least recently used tables are evicted first
         return arrays

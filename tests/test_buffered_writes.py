@@ -19,6 +19,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import lmdb
 import numpy as np
 import pytest
 
@@ -397,18 +398,92 @@ def test_sigkill_loses_only_unflushed_writes(tmp_path, buffer, flushed, unflushe
             assert same(co["x"][i], x_value(i)) and co["t"][i] == f"t{i}"
 
 
-def test_a_dropped_checkout_warns_about_its_buffered_writes(tmp_path: Path) -> None:
+def test_a_dropped_checkout_still_stages_its_buffered_writes(tmp_path: Path) -> None:
     import gc
 
     repo = tc.init(tmp_path / "dropped", user_name="Ada", user_email="ada@example.org")
     co = repo.checkout(write=True)
     col = co.add_str_column("s")
-    col["a"] = "kept only in this process"
+    col["a"] = "staged when the checkout goes away"
     assert col.pending == 1
-    del col
-    with pytest.warns(ResourceWarning, match="1 buffered writes were not staged"):
-        del co
-        gc.collect()
+    del col, co
+    gc.collect()
     with repo.checkout(write=True) as again:  # the lock was given back
-        assert "a" not in again["s"]
+        assert again["s"]["a"] == "staged when the checkout goes away"
     repo.close()
+
+
+def test_a_script_that_never_closes_its_checkout_keeps_its_writes(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "script"
+    tc.init(path, user_name="Ada", user_email="ada@example.org").close()
+    script = (
+        "import sys, tensorcask as tc\n"
+        "repo = tc.Repository(sys.argv[1])\n"
+        "co = repo.checkout(write=True)\n"
+        "col = co.add_str_column('s')\n"
+        "for i in range(10):\n"
+        "    col[i] = str(i)\n"
+        "GLOBAL = co  # alive until the interpreter exits\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    subprocess.run([sys.executable, "-c", script, str(path)], check=True, env=env)
+    repo = tc.Repository(path)
+    with repo.checkout(write=True) as co:
+        assert co["s"].keys() == list(range(10))
+    repo.close()
+
+
+def test_a_large_buffer_is_staged_by_its_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tensorcask.columns, "BUFFER_BYTES", 10_000)
+    repo = tc.init(tmp_path / "bytes", user_name="Ada", user_email="ada@example.org")
+    with repo.checkout(write=True) as co:
+        col = co.add_ndarray_column("x", shape=(1000,), dtype="uint8")
+        for i in range(25):
+            col[i] = np.full(1000, i, np.uint8)
+        assert col.pending == 5  # staged at 10, 20: never more than BUFFER_BYTES held
+    repo.close()
+
+
+def test_a_damaged_staged_run_does_not_lock_the_writer_out(tmp_path: Path) -> None:
+    repo = tc.init(tmp_path / "damaged", user_name="Ada", user_email="ada@example.org")
+    with repo.checkout(write=True) as co:
+        co.add_ndarray_column("x", shape=(), dtype="int64")[0] = np.int64(0)
+        co.commit("init")
+        co["x"].update([1, 2], np.array([1, 2]))
+    repo.close()
+    path = tmp_path / "damaged" / "meta"
+    env = lmdb.open(str(path), max_dbs=16)
+    staging = env.open_db(b"staging")
+    with env.begin(write=True, db=staging) as txn:  # bit rot in the staged run
+        key, value = next(iter(txn.cursor()))
+        flipped = bytearray(value)
+        flipped[10] ^= 1
+        txn.put(key, bytes(flipped))
+    env.close()
+    repo = tc.Repository(tmp_path / "damaged")
+    with repo.checkout(write=True) as co:  # opens: the damage is staged data, not history
+        with pytest.raises(tc.CorruptionError, match="reset the staging area"):
+            co["x"][1]
+        co.reset_staging_area()
+        assert co["x"].keys() == [0]
+    repo.close()
+
+
+def test_a_forked_child_hashes_large_rows(tmp_path: Path) -> None:
+    from tensorcask import samples
+
+    rows = np.random.default_rng(0).integers(0, 255, (64, 8192), dtype=np.uint8)
+    expected = samples.stacked_digests(rows)  # the parent starts its hashing threads
+    pid = os.fork()
+    if pid == 0:  # the child has the pool object but none of its threads
+        import signal
+
+        signal.alarm(20)
+        os._exit(0 if samples.stacked_digests(rows) == expected else 3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

@@ -228,7 +228,17 @@ class Staging:
             return True
         if not self.db.cursor(txn, "staging").first():
             return False
-        return any(self.all_edits(txn).values())
+        try:
+            for name in self.columns(txn):
+                _, runs, legacy = self._column_runs(txn, name)
+                if legacy is not None or any((run.states != _UNSTAGED).any() for run in runs):
+                    if not any((run.states == _UNSTAGED).any() for run in runs):
+                        return True  # nothing is taken back: any edit is a change
+                    if self.edits(txn, name):
+                        return True
+        except CorruptionError:
+            return True  # damaged: changes we cannot read; a writer may still reset them
+        return False
 
     # -- writing ---------------------------------------------------------
 
