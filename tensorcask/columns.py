@@ -216,15 +216,11 @@ class Column:
         if not co.writable:
             return tree.get_many(self._tree, raw_keys)
         self.flush()
-        out: list[bytes | None] = []
         with co.parts.db.read() as txn:
-            for k in raw_keys:
-                staged = co.parts.staging.get(txn, self.name, k)
-                if staged is None:
-                    out.append(tree.get(self._tree, k))
-                else:
-                    out.append(None if staged == DELETED else staged)
-        return out
+            staged = co.parts.staging.get_many(txn, self.name, raw_keys)
+        rest = [k for k, s in zip(raw_keys, staged, strict=True) if s is None]
+        base = iter(tree.get_many(self._tree, rest) if rest else [])
+        return [next(base) if s is None else None if s == DELETED else s for s in staged]
 
     def _location(self, digest: bytes, key: object) -> Location:
         try:

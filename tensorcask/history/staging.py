@@ -351,17 +351,30 @@ class Staging:
 
     def get(self, txn: lmdb.Transaction, column: str, key: bytes) -> bytes | None:
         """The staged value of one key: a digest, ``DELETED``, or None if not staged."""
+        return self.get_many(txn, column, [key])[0]
+
+    def get_many(
+        self, txn: lmdb.Transaction, column: str, keys: Iterable[bytes]
+    ) -> list[bytes | None]:
+        """:meth:`get` of several keys (the column's runs are found once)."""
         _, runs, legacy = self._column_runs(txn, column)
         if legacy is not None:
             runs = [legacy, *runs]
-        for run in reversed(runs):
-            i = run.find(key)
-            if i >= 0:
-                state = int(run.states[i])
-                if state == _SET:
-                    return run.digests[i].tobytes()
-                return DELETED if state == _DELETED else None
-        return None
+        newest_first = runs[::-1]
+        out: list[bytes | None] = []
+        for key in keys:
+            value = None
+            for run in newest_first:
+                i = run.find(key)
+                if i >= 0:
+                    state = int(run.states[i])
+                    if state == _SET:
+                        value = run.digests[i].tobytes()
+                    elif state == _DELETED:
+                        value = DELETED
+                    break
+            out.append(value)
+        return out
 
     def edits(self, txn: lmdb.Transaction, column: str) -> list[Edit]:
         """The column's staged edits, sorted by key (deletions as None)."""
