@@ -37,7 +37,6 @@ import functools
 import json
 import os
 import platform
-import signal
 import sys
 import tempfile
 import time
@@ -47,7 +46,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from report import Row, fmt_value, remove, table_line, timed
+from report import Row, fmt_value, remove, scratch_dir, table_line, timed
 from torch.utils.data import DataLoader
 
 import tensorcask as tc
@@ -282,9 +281,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the scratch dir is removed
-    scratch = Path(tempfile.mkdtemp(prefix="tensorcask-bench-", dir=args.dir))
-    try:
+    with scratch_dir(args.dir) as scratch:
         started = time.perf_counter()
         log(
             f"tensorcask {tc.__version__} compression benchmark: n={args.n:,} "
@@ -310,8 +307,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"raw bytes n*(784+8) or / the uncompressed data/ (below 1 smaller); "
                 f"total {elapsed:.0f} s"
             )
-    finally:
-        remove(scratch)
     return 0
 
 

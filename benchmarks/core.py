@@ -37,7 +37,6 @@ import hashlib
 import json
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -48,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from report import Row, ceiling_row, rate_row, remove, render_table, time_row, timed
+from report import Row, ceiling_row, rate_row, remove, render_table, scratch_dir, time_row, timed
 
 import tensorcask as tc
 
@@ -531,9 +530,7 @@ def header(ctx: Context) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the scratch dir is removed
-    scratch = Path(tempfile.mkdtemp(prefix="tensorcask-bench-", dir=args.dir))
-    try:
+    with scratch_dir(args.dir) as scratch:
         started = time.perf_counter()
         ctx = Context(args.n, args.big, args.repeat, scratch, quiet=args.json)
         ctx.log(header(ctx))
@@ -555,8 +552,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"\n{render_table(ctx.rows, SECTIONS)}\n\nratio = speed relative to the reference "
                 f"(>1 faster); total {elapsed:.0f} s"
             )
-    finally:
-        remove(scratch)
     return 0
 
 

@@ -53,7 +53,6 @@ import os
 import platform
 import pstats
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -63,7 +62,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from report import remove, table_line, timed
+from report import remove, scratch_dir, table_line, timed
 
 import tensorcask as tc
 from tensorcask.layout import DATA_DIR, LMDB_DATA_FILE
@@ -486,7 +485,6 @@ def header(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the scratch copies go
 
     def log(text: str) -> None:
         print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
@@ -494,11 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     log(header(args))
     built = ensure_repo(args, log)
-    scratch = Path(tempfile.mkdtemp(prefix="run-", dir=args.workdir))
-    try:
+    with scratch_dir(args.workdir, prefix="run-") as scratch:
         return run(args, built, scratch, log, started)
-    finally:
-        remove(scratch)
 
 
 def run(

@@ -6,9 +6,13 @@ numpy / hashlib / tf.data) or its target, with the ratio and PASS / MISS.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import signal
+import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,3 +141,14 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 def remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def scratch_dir(parent: str | Path | None, prefix: str = "tensorcask-bench-") -> Iterator[Path]:
+    """A new scratch folder in ``parent``, removed at the end, on errors and on SIGTERM."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds to the removal
+    scratch = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        yield scratch
+    finally:
+        remove(scratch)

@@ -317,8 +317,8 @@ class _StagingWriter:
         restored = [d for d in dict.fromkeys(digests) if d in tombstones.gone]
         schema = column.schema
         entries = store.append(schema.backend, schema.compression, payloads, digests, missing)
-        if len(self.located) + len(entries) <= _LOCATED_LIMIT:
-            self.located.update(entries)  # (beyond: the commit looks them up)
+        if schema.backend == "memmap" and len(self.located) + len(entries) <= _LOCATED_LIMIT:
+            self.located.update(entries)  # for derived tables (beyond: the commit looks up)
         with db.write() as txn:
             store.publish(txn, entries)
             self.parts.staging.put(txn, column.name, raw_keys, digests)
@@ -632,16 +632,14 @@ class WriteCheckout(Checkout):
                 if root is None or not column_edits:
                     continue
                 parent = parents.get(name)
-                if parent is not None and parent.schema != root.schema:
-                    parent = None  # deleted and re-created: every record is an edit
-                records = 0 if parent is None else parent.count
-                if records > _DERIVE_RECORDS and records > 100 * len(column_edits):
-                    continue  # copying a huge table for a small change: built when read
                 base = None
-                if parent is not None and parent.count:
+                if parent is not None and parent.schema == root.schema and parent.count:
+                    # (a column deleted and re-created, or empty: every record is an edit)
+                    if parent.count > max(_DERIVE_RECORDS, 100 * len(column_edits)):
+                        continue  # copying a huge table for a small change: built when read
                     base = tables.cached(parent, in_use=False)
-                if parent is not None and parent.count and (base is None or base.damaged):
-                    continue  # no sound parent table at hand: built when first read
+                    if base is None or base.damaged:
+                        continue  # no sound parent table at hand: built when first read
                 table = derive_table(base, column_edits, writer.lookup, root.schema, root.count)
                 if table is not None:
                     tables.put(root, table)

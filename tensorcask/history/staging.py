@@ -231,11 +231,11 @@ class Staging:
         try:
             for name in self.columns(txn):
                 _, runs, legacy = self._column_runs(txn, name)
-                if legacy is not None or any((run.states != _UNSTAGED).any() for run in runs):
-                    if not any((run.states == _UNSTAGED).any() for run in runs):
-                        return True  # nothing is taken back: any edit is a change
-                    if self.edits(txn, name):
+                if any((run.states == _UNSTAGED).any() for run in runs):
+                    if self.edits(txn, name):  # some edits are taken back: merge to know
                         return True
+                elif runs or legacy is not None:
+                    return True  # nothing is taken back: any edit is a change
         except CorruptionError:
             return True  # damaged: changes we cannot read; a writer may still reset them
         return False
