@@ -484,16 +484,11 @@ def test_content_shared_across_backends(tmp_path):
     scan.assert_clean()
 
 
-# PRODUCT BUG (tensorcask/purge.py, _Purger._held_elsewhere, lines 326-329): the samples
-# under the same keys in *other columns* are counted as holders of the purged content
-# without checking whether they were purged themselves (the record-page scan below it
-# does check, with tombstones.find). So purging column "a" key 0 and then column "b"
-# key 0, which hold the same content, keeps the bytes ("1 content(s) kept: samples that
-# were not purged hold them") although no unpurged sample holds them: they stay on disk
-# for good (every holder's record still references them, so gc keeps them too).
-# docs/purge.md: once a purge returns, no file holds the purged bytes unless an
-# unpurged sample holds the same content.
-def test_bug_same_key_in_another_column_purged_before_does_not_keep_the_bytes(tmp_path):
+# Regression: the samples under the same keys in other columns counted as holders of
+# the purged content without checking whether they were purged themselves, so purging
+# a/0 and then b/0 (same content) kept the bytes for good (docs/purge.md: no file holds
+# purged bytes unless an unpurged sample holds the same content).
+def test_same_key_in_another_column_purged_before_does_not_keep_the_bytes(tmp_path):
     root = tmp_path / "repo"
     repo = new_repo(root)
     x, other = _array(64), _array(64)
@@ -509,15 +504,13 @@ def test_bug_same_key_in_another_column_purged_before_does_not_keep_the_bytes(tm
         assert_purged(co["a"], 0)
         assert_purged(co["b"], 0)
     scan.check("a/0 and b/0 purged", gone={"x": x}, present={"other": other})
-    scan.assert_clean()  # fails: x still in data/memmap/00000001.seg
+    scan.assert_clean()  # x is in no file
     assert (report.removed, report.kept) == (1, 0)
 
 
-# PRODUCT BUG (tensorcask/purge.py, _Purger._held_elsewhere, lines 345-348): a *staged*
-# sample counts as a holder of the purged content even when it was purged itself (key
-# tombstone), since the staging-area loop does not call tombstones.find either. Purging
-# the staged key first and then the committed one leaves the bytes on disk.
-def test_bug_staged_holder_purged_before_does_not_keep_the_bytes(tmp_path):
+# Regression: a staged sample counted as a holder of the purged content even when its
+# key was purged itself.
+def test_staged_holder_purged_before_does_not_keep_the_bytes(tmp_path):
     root = tmp_path / "repo"
     repo = new_repo(root)
     x, other = _array(64), _array(64)
@@ -534,7 +527,7 @@ def test_bug_staged_holder_purged_before_does_not_keep_the_bytes(tmp_path):
         assert_purged(co["a"], 9)
         assert_purged(co["a"], 1)
     scan.check("a/9 and a/1 purged", gone={"x": x}, present={"other": other})
-    scan.assert_clean()  # fails: x still in data/memmap/00000001.seg
+    scan.assert_clean()  # x is in no file
     assert (report.removed, report.kept) == (1, 0)
 
 

@@ -497,7 +497,7 @@ def _files_holding(root: Path, pattern: bytes) -> list[str]:
     )
 
 
-def test_bug_batch_read_after_purged_content_is_stored_again(tmp_path: Path) -> None:
+def test_batch_read_after_purged_content_is_stored_again(tmp_path: Path) -> None:
     """A content purged, read in a batch (which resolves and caches the column table),
     then stored again with ``allow_purged=True``: the tombstone is lifted, single reads
     return it, but batch reads (and single reads once the checkout uses the table) go to
@@ -517,7 +517,7 @@ def test_bug_batch_read_after_purged_content_is_stored_again(tmp_path: Path) -> 
     with repo.checkout(commit=c1) as rc:
         assert rc["img"][1].tobytes() == rows[1].tobytes()  # no table yet: fine
     with repo.checkout(commit=c1) as rc:
-        assert rc["img"].get_many(range(n)).tobytes() == rows.tobytes()  # CorruptionError
+        assert rc["img"].get_many(range(n)).tobytes() == rows.tobytes()  # was a CorruptionError
     repo.close()
     repo = tc.Repository(tmp_path / "repo")
     with repo.checkout(commit=c1) as rc:
@@ -525,7 +525,7 @@ def test_bug_batch_read_after_purged_content_is_stored_again(tmp_path: Path) -> 
     repo.close()
 
 
-def test_bug_purge_content_after_gc_leaves_the_bytes(tmp_path: Path) -> None:
+def test_purge_content_after_gc_leaves_no_bytes(tmp_path: Path) -> None:
     """Content written and overwritten before a commit is garbage; ``gc`` drops its index
     entry but keeps its segment (another sample lives there), so a later
     ``purge_content`` of it finds nothing to overwrite and its bytes stay on disk."""
