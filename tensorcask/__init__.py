@@ -32,6 +32,7 @@ from .errors import (
 from .history.diff import ColumnDiff, Diff
 from .history.merge import Conflict
 from .history.objects import CommitInfo
+from .ingest import PartWriter, SamplesPart
 from .maintenance import GCReport, VerifyReport
 from .purge import PurgeReport
 from .remote.check import RemoteVerifyReport
@@ -57,6 +58,7 @@ __all__ = [
     "FetchResult",
     "GCReport",
     "MergeConflictError",
+    "PartWriter",
     "PurgeReport",
     "PurgedDataError",
     "PushResult",
@@ -67,6 +69,7 @@ __all__ = [
     "RemoteVerifyReport",
     "Repository",
     "RepositoryNotFoundError",
+    "SamplesPart",
     "SchemaError",
     "Tombstone",
     "VerifyReport",

@@ -35,6 +35,7 @@ from .history.objectstore import WriteBatch
 from .history.refs import HEADS
 from .history.staging import DELETED, StagingState
 from .history.tree import EMPTY_ROOT, Edit
+from .ingest import PartWriter, SamplesPart, check_parts
 from .keys import utf8, validate_name, validate_ref_name
 from .parts import RepositoryParts
 from .purge import lift, refuse
@@ -331,6 +332,51 @@ class _StagingWriter:
     def check_live(self) -> None:
         self.parts.db.check_identity()
         self.lock.check_owned()
+
+    def part_writer(self, column: Column, *, allow_purged: bool = False) -> PartWriter:
+        return PartWriter(
+            str(self.parts.path),
+            self.parts.db.identity,
+            column.name,
+            column.schema.to_dict(),
+            allow_purged or self.allow_purged,
+        )
+
+    def add_parts(self, column: Column, parts: Sequence[SamplesPart]) -> None:
+        db, store = self.parts.db, self.store
+        self.check_live()
+        check_parts(
+            parts,
+            repository=db.identity,
+            column=column.name,
+            schema=column.schema,
+            store=store,
+        )
+        raw_keys = [k for part in parts for k in part.raw_keys]
+        digests = [d for part in parts for d in part.digests]
+        entries = [e for part in parts for e in part.entries]
+        allowed = self.allow_purged or all(part.allow_purged for part in parts)
+        with db.write() as txn:
+            # The workers checked tombstones when they wrote; this repeats it under
+            # the writer lock, as write() does.
+            tombstones = store.tombstones_in(txn)
+            refused = []
+            if tombstones.active:
+                refused = tombstones.refused(column.name, raw_keys, digests)
+            if refused and not allowed:
+                raise refuse(column.name, refused)
+            # Contents stored twice (by two workers, or already by this writer) are
+            # published once; the other copy is left to gc.
+            new = [entries[i] for i in store.missing(txn, [d for d, _ in entries])]
+            store.publish(txn, new)
+            self.parts.staging.put(txn, column.name, raw_keys, digests)
+            if refused:
+                lift(self.parts, column.name, refused, self.parts.who())
+        if refused or any(d in tombstones.gone for d, _ in new):
+            self.parts.store.purges_changed()
+        if column.schema.backend == "memmap" and len(self.located) + len(new) <= _LOCATED_LIMIT:
+            self.located.update(new)
+        store.maintain()
 
     def check_allowed(self, column: Column, raw_keys: list[bytes], digests: list[Any]) -> None:
         if self.allow_purged:

@@ -28,6 +28,7 @@ from .errors import CheckoutClosedError, CorruptionError, ReadOnlyError, sample_
 from .hashing import Digest
 from .history.objects import ColumnRoot, ColumnSchema
 from .history.staging import DELETED
+from .ingest import PartWriter, SamplesPart
 from .keys import Key, decode_key, encode_key, encode_keys
 from .locations import ColumnTable
 from .parts import RepositoryParts
@@ -76,6 +77,12 @@ class StagingSink(Protocol):
 
     def check_column(self, column: Column) -> None:
         """Raise KeyError if ``column`` is no longer the checkout's column of its name."""
+
+    def part_writer(self, column: Column, *, allow_purged: bool = False) -> PartWriter:
+        """A picklable writer of ``column``'s samples for other processes."""
+
+    def add_parts(self, column: Column, parts: Sequence[SamplesPart]) -> None:
+        """Check parts other processes stored and stage them, in one transaction."""
 
 
 class ColumnContext:
@@ -458,6 +465,41 @@ class Column:
         payloads, digests = prepare_batch(self.schema, batch, len(raw_keys), self.name)
         self.flush()
         self._writer.write(self, raw_keys, payloads, digests, allow_purged=allow_purged)
+        self._len = None
+
+    def part_writer(self, *, allow_purged: bool = False) -> PartWriter:
+        """A picklable writer that stores samples of this column from other processes.
+
+        For parallel ingest: worker processes (a ``multiprocessing`` pool, Dask
+        or Ray tasks) call ``writer.write(keys, values)``, which validates,
+        hashes and durably stores the samples and returns a small
+        :class:`~tensorcask.ingest.SamplesPart`; this process stages the parts
+        with :meth:`add_parts`, and ``commit()`` publishes them::
+
+            writer = images.part_writer()
+            with ProcessPoolExecutor() as pool:
+                parts = list(pool.map(writer.write, key_chunks, value_chunks))
+            images.add_parts(parts)
+            co.commit("parallel ingest")
+
+        The writer stays valid while this column's schema is unchanged.
+        """
+        self._check_writable()
+        return self._writer.part_writer(self, allow_purged=allow_purged)
+
+    def add_parts(self, parts: Sequence[SamplesPart]) -> None:
+        """Stage samples that :meth:`part_writer` writers stored, in one transaction.
+
+        Parts are checked first (this repository, this column and schema, their
+        files present); a bad part stages nothing. Later parts win over earlier
+        ones (and over earlier writes) for the same key, as with :meth:`update`.
+        """
+        self._check_writable()
+        parts = list(parts)
+        if not parts:
+            return
+        self.flush()
+        self._writer.add_parts(self, parts)
         self._len = None
 
     def __delitem__(self, key: Key) -> None:

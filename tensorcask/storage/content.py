@@ -390,6 +390,12 @@ class ContentStore:
             if backend.writable:
                 backend.sync()
 
+    def seal(self) -> None:
+        """Close the files being appended to; later appends start new ones."""
+        for backend in self._backends.values():
+            if backend.writable:
+                backend.seal()
+
     def close(self) -> None:
         """Seal and close every backend. Idempotent."""
         for backend in self._backends.values():
