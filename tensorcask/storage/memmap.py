@@ -13,6 +13,7 @@ are all recorded in segment 0, which is never allocated to a file.
 
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 import re
@@ -105,12 +106,21 @@ class SegmentFiles:
     def _raise_high_water(self, number: int) -> None:
         if number <= self._high_water():
             return
-        tmp = self.root / f"{_HIGH_WATER}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            f.write(str(number))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.root / _HIGH_WATER)
+        # Several processes create segments at once (parallel ingest): the read and
+        # the raise are one step under a file lock, so the mark never goes down.
+        lock = os.open(self.root / f"{_HIGH_WATER}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if number <= self._high_water():
+                return
+            tmp = self.root / f"{_HIGH_WATER}.{os.getpid()}.{threading.get_ident()}.tmp"
+            with open(tmp, "w") as f:
+                f.write(str(number))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.root / _HIGH_WATER)
+        finally:
+            os.close(lock)  # releases the lock
 
     def fsync(self, number: int) -> None:
         """Flush a segment file that is no longer held open to disk."""
