@@ -25,6 +25,8 @@ Sections (``--only`` names):
                 in-process.
 ``reads``       ``rc["images"][k]`` and ``get_many`` of 256 keys on the N-image commit;
                 ceiling: the same rows gathered from ``np.load(..., mmap_mode="r")``.
+``verify``      ``repo.verify(full=True)`` of the N-image commit; ceiling: reading the same
+                ``.npy`` file and hashing every sample with blake2b-256 (target 0.5x).
 
 Each measurement is taken ``--repeat`` times and the best is kept. The scratch
 directory (a new folder inside ``--dir``) is removed at exit.
@@ -51,7 +53,7 @@ from report import Row, ceiling_row, rate_row, remove, render_table, scratch_dir
 
 import tensorcask as tc
 
-SECTIONS = ("ingest", "per-sample", "commit", "big-commit", "open", "reads")
+SECTIONS = ("ingest", "per-sample", "commit", "big-commit", "open", "reads", "verify")
 CHUNK = 10_000  # samples per update() call when ingesting
 SCALAR_CHUNK = 100_000  # samples per update() call when building the big scalar column
 FLAT_RECORDS = 100_000  # the smaller column of the big-commit section
@@ -484,6 +486,38 @@ def bench_reads(ctx: Context) -> None:
     )
 
 
+def ceiling_verify(npy: Path) -> float:
+    """Read the file and hash every row with hashlib: what a full verify must do."""
+    t0 = time.perf_counter()
+    with open(npy, "rb") as f:
+        data = np.lib.format.read_array(f)
+    view = memoryview(data.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+    step = data.nbytes // len(data)
+    for i in range(0, len(view), step):
+        hashlib.blake2b(view[i : i + step], digest_size=32).digest()
+    return time.perf_counter() - t0
+
+
+def bench_verify(ctx: Context) -> None:
+    """Section 7: verify(full=True) of the N-image commit vs reading + hashing it."""
+    path, _ = ensure_image_repo(ctx)
+    npy = ensure_npy(ctx)
+    ours, raw = [], []
+    for _ in range(ctx.repeat):
+        with tc.Repository(path) as repo:
+            seconds, report = timed(lambda repo=repo: repo.verify(full=True))
+        if not report.ok:
+            raise AssertionError(f"verify found problems: {report.problems[:3]}")
+        ours.append(seconds)
+        raw.append(ceiling_verify(npy))
+    rate, ceiling = ctx.n / min(ours), ctx.n / min(raw)
+    ctx.log(
+        f"[verify] verify(full=True): {rate:,.0f} samples/s (read + blake2b "
+        f"{ceiling:,.0f}/s, ratio {rate / ceiling:.2f}x)"
+    )
+    ctx.add(ceiling_row("verify", "verify(full=True) vs read + hashlib", rate, ceiling, 0.5))
+
+
 # -- driver -------------------------------------------------------------------------
 
 
@@ -500,6 +534,8 @@ def run_sections(ctx: Context, only: set[str]) -> None:
         bench_open(ctx)
     if "reads" in only:
         bench_reads(ctx)
+    if "verify" in only:
+        bench_verify(ctx)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
 import lmdb
+import numpy as np
 
 from .errors import CaskError, CorruptionError
 from .history.objects import ColumnSchema
@@ -17,8 +19,8 @@ from .history.tree import Node
 from .keys import decode_key
 from .parts import RepositoryParts
 from .purge import finish_pending
-from .samples import prepare_one
-from .storage.base import Location, Payload
+from .samples import prepare_one, stacked_digests
+from .storage.base import Location, LocationGroup, Payload, TableRows, group_locations
 from .storage.content import ContentStore
 from .storage.tombstones import add_pending, load_tombstones
 
@@ -124,12 +126,16 @@ def verify_repository(
     tombstones = parts.store.tombstones(fresh=True)
 
     def leaf(column: str, schema: ColumnSchema, page: Node) -> None:
+        todo_keys, todo_digests = [], []
         for raw_key, digest in zip(page.keys, page.values(), strict=True):
             if tombstones.active and tombstones.find(column, raw_key, digest) is not None:
                 report.purged += 1
             elif digest not in seen:
                 seen.add(digest)
-                checker.add(column, schema, raw_key, digest)
+                todo_keys.append(raw_key)
+                todo_digests.append(digest)
+        if todo_digests:
+            checker.add(column, schema, todo_keys, todo_digests)
 
     walked = reachable(
         parts.history,
@@ -166,9 +172,14 @@ def _verify_index(parts: RepositoryParts, report: VerifyReport) -> None:
 class _SampleChecker:
     """Finds every sample's bytes, and with ``full`` re-reads and re-hashes them.
 
-    Full checks are gathered and run in storage order (by backend, segment
-    and offset), so that each stored chunk is read from disk once.
+    Samples are located a page at a time. Full checks are gathered and run in
+    storage order (by backend, segment and offset), so that each stored chunk
+    is read from disk once; equal-shape memmap rows are read and hashed in
+    batches, like a loader reads them.
     """
+
+    BATCH_BYTES = 32 << 20
+    LOOKUP_BATCH = 16384
 
     def __init__(
         self, store: ContentStore, full: bool, report: VerifyReport, progress: Progress | None
@@ -177,33 +188,116 @@ class _SampleChecker:
         self.full = full
         self.report = report
         self.progress = progress
-        self.todo: list[tuple[Location, str, ColumnSchema, bytes, bytes]] = []
+        self.columns: list[tuple[str, ColumnSchema]] = []  # of the pages added
+        # Queued to be located: one entry per sample, ``page`` indexing ``columns``.
+        self.pending: tuple[list[int], list[bytes], list[bytes]] = ([], [], [])
+        # Located, to be re-read (``full``): location, page, key and digest per sample.
+        self.todo: tuple[list[bytes], list[int], list[bytes], list[bytes]] = ([], [], [], [])
 
-    def add(self, column: str, schema: ColumnSchema, raw_key: bytes, digest: bytes) -> None:
+    def add(
+        self, column: str, schema: ColumnSchema, raw_keys: list[bytes], digests: list[bytes]
+    ) -> None:
+        """Queue the samples of one page to be located (and, ``full``, re-read)."""
+        pages, keys, queued = self.pending
+        pages.extend([len(self.columns)] * len(digests))
+        self.columns.append((column, schema))
+        keys.extend(raw_keys)
+        queued.extend(digests)
+        if len(queued) >= self.LOOKUP_BATCH:
+            self._locate()
+
+    def _locate(self) -> None:
+        """Look the queued samples up in one index snapshot (index runs check a large
+        lookup's entries wholesale)."""
+        (pages, keys, digests), self.pending = self.pending, ([], [], [])
         report = self.report
-        report.samples += 1
-        if self.progress is not None and not report.samples % 4096:
+        before = report.samples
+        report.samples += len(digests)
+        if self.progress is not None and before // 4096 != report.samples // 4096:
             self.progress("verifying samples", report.samples)
         try:
-            loc = self.store.locate(digest)
+            found = self.store.lookup_raw(digests)
         except _PROBLEMS as exc:
-            report.add(f"column {column!r}, key {decode_key(raw_key)!r}: {exc}")
+            report.add(f"content index: cannot look samples up: {exc}")
             return
-        if loc is None and self.store.partial_remote is not None:
-            report.not_local += 1
-        elif loc is None:
-            report.add(
-                f"column {column!r}, key {decode_key(raw_key)!r}: content "
-                f"{digest.hex()[:16]} is missing"
-            )
-        elif self.full:
-            self.todo.append((loc, column, schema, raw_key, digest))
+        raws, todo_pages, todo_keys, todo_digests = self.todo
+        if all(type(raw) is bytes for raw in found):  # the usual case: no per-sample work
+            if self.full:
+                raws.extend(cast(list[bytes], found))
+                todo_pages.extend(pages)
+                todo_keys.extend(keys)
+                todo_digests.extend(digests)
+            return
+        for page, raw_key, digest, raw in zip(pages, keys, digests, found, strict=True):
+            column = self.columns[page][0]
+            if isinstance(raw, bytes):
+                if self.full:
+                    raws.append(raw)
+                    todo_pages.append(page)
+                    todo_keys.append(raw_key)
+                    todo_digests.append(digest)
+            elif raw is not None:
+                report.add(f"column {column!r}, key {decode_key(raw_key)!r}: {raw}")
+            elif self.store.partial_remote is not None:
+                report.not_local += 1
+            else:
+                report.add(
+                    f"column {column!r}, key {decode_key(raw_key)!r}: content "
+                    f"{digest.hex()[:16]} is missing"
+                )
 
     def finish(self) -> None:
-        self.todo.sort(key=lambda t: (t[0].backend, t[0].segment, t[0].offset))
-        for loc, column, schema, raw_key, digest in self.todo:
-            self._check(loc, column, schema, decode_key(raw_key), digest)
-        self.todo.clear()
+        """Locate what is queued, then read and re-hash every located sample."""
+        self._locate()
+        (raws, pages, keys, digests), self.todo = self.todo, ([], [], [], [])
+        try:
+            groups = group_locations(raws)
+        except _PROBLEMS as exc:
+            self.report.add(f"content index: a location cannot be decoded: {exc}")
+            return
+        done = 0
+        for group in groups:
+            order = np.lexsort((group.offsets, group.segments))  # storage order
+            row = 0
+            if group.backend == "memmap":
+                row = np.dtype(group.dtype).itemsize * math.prod(group.shape)
+            step = max(1, self.BATCH_BYTES // row) if row else 1
+            for start in range(0, len(order), step):
+                chosen = order[start : start + step]
+                done += len(chosen)
+                if self.progress is not None and (row or not done % 4096 or done == len(raws)):
+                    self.progress("re-reading samples", done)
+                members = group.members[chosen].tolist()
+                expected = [digests[m] for m in members]
+                if row and len(chosen) > 1 and self._rows_match(group, chosen, expected):
+                    continue
+                for i, m in zip(chosen.tolist(), members, strict=True):
+                    loc = Location(
+                        group.backend,
+                        int(group.segments[i]),
+                        int(group.offsets[i]),
+                        group.dtype,
+                        group.shape,
+                        int(group.checksums[i]),
+                    )
+                    column, schema = self.columns[pages[m]]
+                    self._check(loc, column, schema, decode_key(keys[m]), digests[m])
+
+    def _rows_match(self, group: LocationGroup, chosen: np.ndarray, digests: list[bytes]) -> bool:
+        """Check equal-shape memmap rows at once; False to check them one by one (a
+        batch that fails, so that each bad sample is named)."""
+        rows = TableRows(
+            group.segments[chosen],
+            group.offsets[chosen],
+            group.checksums[chosen],
+            group.dtype,
+            group.shape,
+        )
+        try:
+            stacked = cast(np.ndarray, self.store.fetch(digests, rows))
+        except _PROBLEMS:
+            return False
+        return stacked_digests(stacked) == digests
 
     def _check(
         self, loc: Location, column: str, schema: ColumnSchema, key: object, digest: bytes

@@ -455,6 +455,8 @@ def test_lock_release(filled: tuple[Path, list[str]], capsys: pytest.CaptureFixt
     path, _ = filled
     with writer_in_subprocess(path) as holder:
         code, out, err = run_cli(capsys, "-C", str(path), "lock", "release")
+        assert code == 1 and f"pid {holder.pid}" in assert_one_error_line(err)  # alive
+        code, out, err = run_cli(capsys, "-C", str(path), "lock", "release", "--force")
         assert (code, err) == (0, "")
         assert f"released the writer lock held by pid {holder.pid} on host " in out
         with tc.Repository(path) as repo, repo.checkout(write=True):
@@ -472,7 +474,7 @@ def test_lock_release_with_writer_in_this_process(
         co = repo.checkout(write=True)
         assert isinstance(co, tc.WriteCheckout)
         try:
-            code, out, _ = run_cli(capsys, "-C", str(path), "lock", "release")
+            code, out, _ = run_cli(capsys, "-C", str(path), "lock", "release", "--force")
             assert code == 0
             assert f"released the writer lock held by pid {os.getpid()}" in out
             with pytest.raises(tc.WriterLockError):
@@ -647,6 +649,7 @@ def test_progress_shows_on_a_terminal_only(tmp_path: Path) -> None:
     shown = os.read(leader, 4096).decode()
     os.close(leader)
     assert tty_run.returncode == 0
-    assert "verifying samples: 8,192" in shown
+    assert "verifying samples: 9,000" in shown
+    assert "re-reading samples: 9,000" in shown
     quiet = subprocess.run([*command, "--quiet"], capture_output=True, check=False)
     assert quiet.stderr == b""

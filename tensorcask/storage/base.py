@@ -159,13 +159,28 @@ def group_locations(raws: Sequence[bytes]) -> list[LocationGroup]:
     Locations of equal-shape samples differ only in their head, so each
     group's heads decode as one array instead of one object per sample.
     """
-    by_tail: dict[bytes, list[int]] = {}
     size = _HEAD.size
-    for i, raw in enumerate(raws):
-        by_tail.setdefault(bytes(raw[size:]), []).append(i)
+    lengths = np.fromiter(map(len, raws), np.int64, len(raws))
+    groups: list[tuple[bytes, np.ndarray, np.ndarray]] = []  # tail, members, heads
+    for length in np.unique(lengths).tolist():
+        members = np.flatnonzero(lengths == length)
+        if length <= size:
+            raise ValueError("a location encoding too short to decode")
+        joined = b"".join([raws[i] for i in members.tolist()])
+        matrix = np.frombuffer(joined, np.uint8).reshape(len(members), length)
+        tails = matrix[:, size:]
+        if (tails == tails[0]).all():  # the usual case: one column's equal-shape samples
+            kinds, inverse = tails[:1], np.zeros(len(members), np.int64)
+        else:
+            kinds, inverse = np.unique(tails, axis=0, return_inverse=True)
+            inverse = inverse.reshape(-1)
+        for kind in range(len(kinds)):
+            chosen = np.flatnonzero(inverse == kind) if len(kinds) > 1 else slice(None)
+            heads = np.ascontiguousarray(matrix[chosen, :size]).view(_HEAD_ARRAY).reshape(-1)
+            groups.append((kinds[kind].tobytes(), members[chosen], heads))
+    groups.sort(key=lambda g: int(g[1][0]))  # in order of first appearance
     out = []
-    for tail, members in by_tail.items():
-        heads = np.frombuffer(b"".join(raws[i][:size] for i in members), _HEAD_ARRAY)
+    for tail, members, heads in groups:
         if np.any(heads["version"] != 1):
             raise ValueError("unknown location encoding version")
         shape, backend, dtype = _untail(tail, int(heads["ndim"][0]))
@@ -174,7 +189,7 @@ def group_locations(raws: Sequence[bytes]) -> list[LocationGroup]:
                 backend,
                 dtype,
                 shape,
-                np.asarray(members, np.int64),
+                members.astype(np.int64),
                 heads["segment"].astype(np.int64),
                 heads["offset"].astype(np.int64),
                 heads["checksum"].astype(np.uint64),
