@@ -192,11 +192,13 @@ class ContentStore:
             bump(self.db, txn)
 
     def maintain(self) -> None:
-        """Compact the content index when its recent table is full (writer only)."""
+        """Compact the content index when its recent table is full or a tier of its
+        runs is (writer only)."""
         with self.db.read() as txn:
             due = self.index.needs_compaction(txn)
+            recent = self.index.recent_full(txn)
         if due:
-            self.index.compact()
+            self.index.compact(recent=recent)
 
     # -- reading ---------------------------------------------------------
 

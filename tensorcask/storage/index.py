@@ -59,10 +59,12 @@ from ..errors import CorruptionError
 from .base import Location
 from .db import MetaDB
 
-__all__ = ["FANOUT", "RECENT_LIMIT", "ContentIndex", "Found", "seal", "unseal"]
+__all__ = ["BULK_ENTRIES", "FANOUT", "RECENT_LIMIT", "ContentIndex", "Found", "seal", "unseal"]
 
 RECENT_LIMIT = 1 << 16
 FANOUT = 4
+BULK_ENTRIES = 4096
+"""A batch of at least this many new entries is published as a run file of its own."""
 _MAGIC_V1 = b"TCIX0001"
 _MAGIC = b"TCIX0002"
 _HEAD_V1 = struct.Struct("<8sQQ")
@@ -285,21 +287,50 @@ class Run:
 def write_run(directory: Path, entries: Sequence[tuple[bytes, bytes]]) -> str:
     """Write stored entries (sorted or not) as a new run file (fsynced); return its name.
 
-    Unsealed entries of older repositories are sealed on the way.
+    Unsealed entries (as encoded locations come, and as older repositories
+    stored them) are sealed on the way.
     """
-    digests = np.frombuffer(b"".join(d for d, _ in entries), np.uint8).reshape(-1, 32)
+    digests = np.frombuffer(b"".join([d for d, _ in entries]), np.uint8).reshape(-1, 32)
     prefixes = _prefixes(digests)
     order = np.argsort(prefixes, kind="stable")
-    locs = []
-    for i in order.tolist():
-        digest, value = entries[i]
-        locs.append(value if value[:1] != b"\x01" else seal(digest, value))
+    values = [entries[i][1] for i in order.tolist()]
+    ordered = digests[order]
+    width = len(values[0]) if values else 0
+    if width > 1 and all(len(v) == width and v[:1] == b"\x01" for v in values):
+        # The usual case, one column's new contents: seal them as one matrix.
+        bodies = np.frombuffer(b"".join(values), np.uint8).reshape(len(values), width).copy()
+        bodies[:, 0] = _SEALED
+        keyed = np.concatenate([ordered, bodies], axis=1).tobytes()
+        step = 32 + width
+        checks = b"".join(
+            [xxh3_64_digest(keyed[i : i + step])[:_CHECK_BYTES] for i in range(0, len(keyed), step)]
+        )
+        sealed = np.concatenate(
+            [bodies, np.frombuffer(checks, np.uint8).reshape(len(values), _CHECK_BYTES)], axis=1
+        )
+        offsets = np.arange(len(values) + 1, dtype="<u8") * (width + _CHECK_BYTES)
+        return _write_run_file(directory, prefixes[order], ordered, offsets, sealed.tobytes())
+    locs = [
+        value if value[:1] != b"\x01" else seal(digest, value)
+        for digest, value in zip((entries[i][0] for i in order.tolist()), values, strict=True)
+    ]
     offsets = np.zeros(len(locs) + 1, "<u8")
     np.cumsum([len(b) for b in locs], out=offsets[1:])
-    blob = b"".join(locs)
-    body = prefixes[order].tobytes() + digests[order].tobytes() + offsets.tobytes()
+    return _write_run_file(directory, prefixes[order], ordered, offsets, b"".join(locs))
+
+
+def _write_run_file(
+    directory: Path, prefixes: np.ndarray, digests: np.ndarray, offsets: np.ndarray, blob: bytes
+) -> str:
+    """Write a run file of entries already sorted and sealed (fsynced); return its name."""
+    body = prefixes.astype("<u8").tobytes() + digests.tobytes() + offsets.astype("<u8").tobytes()
     head = struct.pack(
-        "<8sQQQQ", _MAGIC, len(locs), len(blob), xxh3_64_intdigest(body), xxh3_64_intdigest(blob)
+        "<8sQQQQ",
+        _MAGIC,
+        len(digests),
+        len(blob),
+        xxh3_64_intdigest(body),
+        xxh3_64_intdigest(blob),
     )
     name = f"{uuid.uuid4().hex}.run"
     directory.mkdir(parents=True, exist_ok=True)
@@ -316,6 +347,53 @@ def write_run(directory: Path, entries: Sequence[tuple[bytes, bytes]]) -> str:
     finally:
         os.close(fd)
     return name
+
+
+def _merged_arrays(
+    runs: list[Run],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bytes] | None:
+    """Sort keys, digests, offsets and blob of ``runs`` (youngest first) merged into one
+    run, the youngest entry of a digest winning; None where a run's entries are not
+    covered by its blob check (then each entry is checked on its own)."""
+    if not all(run.entries_sound() for run in runs):
+        return None
+    digests = np.concatenate([run.digests for run in runs])
+    n = len(digests)
+    if n == 0:
+        return None
+    # Sort stably, so that of equal digests the youngest comes first: by sort key
+    # (the first 8 bytes), and by the whole digest only if two different digests
+    # share a sort key (which practically never happens).
+    prefixes = np.concatenate([run.prefixes for run in runs])
+    order = np.argsort(prefixes, kind="stable")
+    ordered = digests[order]
+    first = np.ones(n, bool)
+    first[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
+    same_key = prefixes[order][1:] == prefixes[order][:-1]
+    if (same_key & first[1:]).any():
+        words = np.ascontiguousarray(digests).view(">u8").reshape(n, 4).astype(np.uint64)
+        order = np.lexsort((words[:, 3], words[:, 2], words[:, 1], words[:, 0]))
+        ordered = digests[order]
+        first[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
+    chosen = order[first]
+    everything = np.concatenate([run.blob for run in runs])
+    lengths = np.concatenate([np.diff(run.offsets.astype(np.int64)) for run in runs])
+    width = int(lengths[0])
+    if width and (lengths == width).all():  # equal entries: the blobs are one matrix
+        blob = everything.reshape(-1, width)[chosen].tobytes()
+        offsets = np.arange(len(chosen) + 1, dtype=np.int64) * width
+    else:
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])[chosen]
+        lengths = lengths[chosen]
+        offsets = np.zeros(len(chosen) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        # Byte i of the merged blob is everything[i + start - offset] of its entry.
+        kind = np.int32 if len(everything) < 2**31 else np.int64  # half the index traffic
+        shift = (starts - offsets[:-1]).astype(kind)
+        gather = np.arange(int(offsets[-1]), dtype=kind) + np.repeat(shift, lengths)
+        blob = everything[gather].tobytes()
+    merged = digests[chosen]
+    return _prefixes(merged), merged, offsets, blob
 
 
 class ContentIndex:
@@ -484,21 +562,62 @@ class ContentIndex:
         An entry replaces a damaged one of the same digest in the recent
         table; one in a run is shadowed, since the recent table is searched first.
         """
-        if entries:
+        if len(entries) >= BULK_ENTRIES:
+            self._add_run(txn, entries)
+        elif entries:
             digests = np.frombuffer(b"".join([d for d, _ in entries]), np.uint8).reshape(-1, 32)
             order = np.argsort(_prefixes(digests), kind="stable").tolist()  # B-tree order
             items = [(d, seal(d, loc)) for d, loc in entries]
             cursor = txn.cursor(db=self.db.tables["content"])
             cursor.putmulti([items[i] for i in order], overwrite=True)
 
-    def needs_compaction(self, txn: lmdb.Transaction) -> bool:
+    def _add_run(self, txn: lmdb.Transaction, entries: Sequence[tuple[bytes, bytes]]) -> None:
+        """Publish a large batch as a run file of its own, listed in the caller's
+        transaction: no entry of it passes through the recent table.
+
+        The file is fsynced before the listing commits; if the transaction does
+        not commit, the unlisted file is removed by the next compaction or ``gc``.
+        """
+        table = self.db.tables["content"]
+        # A recent entry of the same digest (a damaged one being replaced) would
+        # shadow the run's, since the recent table is searched first.
+        recent = int(txn.stat(table)["entries"])
+        if recent:
+            cursor = txn.cursor(db=table)
+            if recent < len(entries):
+                batch = {d for d, _ in entries}
+                stale = [bytes(k) for k in cursor.iternext(values=False) if bytes(k) in batch]
+            else:
+                stale = [bytes(k) for k, _ in cursor.getmulti([d for d, _ in entries])]
+            for digest in stale:
+                txn.delete(digest, db=table)
+        name = write_run(self.directory, entries)
+        runs = self.run_list(txn)
+        runs.insert(0, {"name": name, "tier": 0, "count": len(entries)})
+        self.db.put_json(txn, "runs", runs)
+
+    def recent_full(self, txn: lmdb.Transaction) -> bool:
         """Whether the recent table outgrew :data:`RECENT_LIMIT`."""
         return int(txn.stat(self.db.tables["content"])["entries"]) >= RECENT_LIMIT
 
-    def compact(self) -> None:
-        """Move the recent table into a run file, then merge full tiers."""
-        with self.db.read() as txn:
-            entries = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=self.db.tables["content"])]
+    def needs_compaction(self, txn: lmdb.Transaction) -> bool:
+        """Whether the recent table outgrew :data:`RECENT_LIMIT`, or a tier of runs
+        holds :data:`FANOUT` of them."""
+        if self.recent_full(txn):
+            return True
+        tiers: dict[int, int] = {}
+        for entry in self.run_list(txn):
+            tiers[int(entry["tier"])] = tiers.get(int(entry["tier"]), 0) + 1
+        return any(count >= FANOUT for count in tiers.values())
+
+    def compact(self, *, recent: bool = True) -> None:
+        """Move the recent table into a run file (unless ``recent`` is False), then
+        merge full tiers."""
+        entries = []
+        if recent:
+            with self.db.read() as txn:
+                table = self.db.tables["content"]
+                entries = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=table)]
         if entries:
             name = write_run(self.directory, entries)
             with self.db.write() as txn:
@@ -530,6 +649,12 @@ class ContentIndex:
         keep: set[bytes] | None,
     ) -> int:
         """Rewrite ``members`` as one run (dropping digests not in ``keep``)."""
+        merged = None
+        if keep is None:
+            merged = _merged_arrays([self._run(str(entry["name"])) for entry in members])
+        if merged is not None:
+            name: str | None = _write_run_file(self.directory, *merged)
+            return self._list_replacing(members, name, tier, len(merged[1]))
         chosen: dict[bytes, bytes] = {}
         for entry in members:  # youngest first: the first valid entry of a digest wins
             run = self._run(str(entry["name"]))
@@ -541,17 +666,23 @@ class ContentIndex:
                 ):
                     chosen[digest] = value
         entries = list(chosen.items())
-        dropped = sum(int(m["count"]) for m in members) - len(entries)
         name = write_run(self.directory, entries) if entries else None
+        return self._list_replacing(members, name, tier, len(entries))
+
+    def _list_replacing(
+        self, members: list[dict[str, int | str]], name: str | None, tier: int, count: int
+    ) -> int:
+        """List run ``name`` (``count`` entries) in place of ``members``, then remove
+        their files; return how many entries were dropped."""
         names = {str(m["name"]) for m in members}
         with self.db.write() as txn:
             runs = [r for r in self.run_list(txn) if r["name"] not in names]
             if name is not None:
-                runs.insert(0, {"name": name, "tier": tier, "count": len(entries)})
+                runs.insert(0, {"name": name, "tier": tier, "count": count})
                 runs.sort(key=lambda r: int(r["tier"]))  # small, young tiers are searched first
             self.db.put_json(txn, "runs", runs)
         self._unlink(names)
-        return dropped
+        return sum(int(m["count"]) for m in members) - count
 
     def retain(self, live: set[bytes]) -> int:
         """Drop every entry whose digest is not in ``live``; return how many."""
