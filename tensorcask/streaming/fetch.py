@@ -146,7 +146,18 @@ class PieceFetcher:
                     waits[w.name] = future
                     continue
                 future = self._inflight[w.name] = Future()
-            (mine if self.cache.claim(w.name) else elsewhere).append((w, future))
+            if not self.cache.claim(w.name):
+                elsewhere.append((w, future))
+                continue
+            # Another process may have put the piece and dropped its claim between our
+            # look and our claim: look again, or we would fetch it a second time.
+            data = self.cache.get(w.name)
+            if data is None:
+                mine.append((w, future))
+            else:
+                self.cache.release(w.name)
+                out[w.name] = piece = Piece(data)
+                self._settle(w.name, future, piece)
         return mine, elsewhere
 
     def _await(self, elsewhere: list[tuple[Wanted, Future[Piece]]]) -> None:
