@@ -130,7 +130,11 @@ class PartWriter:
                     raise refuse(self.column, refused)
             missing = store.missing(txn, digests)
         entries = store.append(schema.backend, schema.compression, payloads, digests, missing)
-        store.seal()  # the next part starts files of its own: no file is left half-owned
+        if schema.backend != "memmap":
+            # An HDF5 file is complete only once closed. Memmap segments stay open for
+            # this process's next part: rows are only appended, and a new file per part
+            # would cost two more fsyncs (its directory, the high-water mark).
+            store.seal()
         return SamplesPart(
             self.repository,
             self.column,
