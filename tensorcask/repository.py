@@ -288,6 +288,87 @@ class Repository(RemoteMethods, PurgeMethods):
         self._check_alive()
         return self._refs.listing(TAGS)
 
+    def switch(self, branch: str, *, create: bool = False) -> None:
+        """Make ``branch`` the current branch.
+
+        The current branch is the default of later write checkouts, of
+        :meth:`log` and of the command line's ``status``, ``log`` and
+        ``merge``; opening ``checkout(write=True, branch=...)`` switches too.
+
+        Parameters
+        ----------
+        branch : str
+            An existing branch; with ``create=True``, a new one.
+        create : bool, default False
+            Create ``branch`` at the current branch's head first (like
+            :meth:`create_branch`). In a repository without commits, make
+            ``branch`` the branch the first commit will create instead.
+
+        Raises
+        ------
+        RefNotFoundError
+            If ``branch`` does not exist and ``create`` is False.
+        CaskError
+            If another branch has staged changes (staged changes belong to
+            their branch: commit or reset them first), or if ``create`` names
+            a branch that already exists.
+        WriterLockError
+            If a write checkout is open (in any process); the message names
+            its holder.
+        ReadOnlyError
+            If the repository is read-only.
+        ValueError
+            If ``create`` is True and ``branch`` is not a valid branch name.
+
+        Examples
+        --------
+        >>> repo.switch("dev")  # doctest: +SKIP
+        >>> repo.current_branch  # doctest: +SKIP
+        'dev'
+        """
+        if not isinstance(branch, str):
+            raise TypeError(f"branch name must be a str, not {type(branch).__name__}")
+        self._require_writable(f"switch to branch {branch!r}")
+        refs = self._refs
+        if not create and branch == refs.current_branch():
+            return
+        # Holding the writer lock keeps anyone from staging changes between
+        # the check below and the move of the current branch.
+        lock = self._parts.writer_lock()
+        lock.acquire(f"switch to branch {branch!r}")
+        try:
+            staged = self.staged_branch
+            if staged is not None and staged != branch:
+                raise CaskError(
+                    f"branch {staged!r} has uncommitted staged changes, which belong to it; "
+                    f"commit them or reset them (reset_staging_area) in a write checkout of "
+                    f"{staged!r} before switching to {branch!r}"
+                )
+            if create:
+                if refs.listing(HEADS):
+                    self.create_branch(branch)
+                else:  # no commits yet: the first commit creates the branch
+                    validate_ref_name(branch, "branch name")
+            elif refs.get(HEADS + branch) is None:
+                raise self._no_branch_to_switch(branch)
+            refs.set_current_branch(branch)
+        finally:
+            lock.release()
+
+    def _no_branch_to_switch(self, name: str) -> RefNotFoundError:
+        known = sorted(self.branches)
+        if not known:
+            return RefNotFoundError(
+                f"no branch named {name!r}: the repository has no commits yet; "
+                f"`tensorcask switch --create {name}` (repo.switch({name!r}, create=True)) "
+                "makes it the branch the first commit creates"
+            )
+        return RefNotFoundError(
+            f"no branch named {name!r} (branches: {', '.join(known)}); create it with "
+            f"`tensorcask branch {name}` or `tensorcask switch --create {name}` "
+            f"(repo.switch({name!r}, create=True))"
+        )
+
     def _no_branch(self, name: str) -> RefNotFoundError:
         known = ", ".join(sorted(self.branches)) or "none yet: make a first commit"
         return RefNotFoundError(f"no branch named {name!r} (branches: {known})")

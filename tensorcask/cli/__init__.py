@@ -7,8 +7,9 @@ stderr; usage errors exit with status 2 (argparse's convention).
 
 This module builds the parser from the command modules and runs it; the
 imports form a tree: this module -> :mod:`.repo_commands`,
-:mod:`.history_commands`, :mod:`.stream_commands`, :mod:`.purge_commands` ->
-:mod:`.remote_commands` -> :mod:`._common`. Nothing below imports this module.
+:mod:`.history_commands`, :mod:`.stream_commands`, :mod:`.purge_commands`,
+:mod:`.interop_commands` -> :mod:`.remote_commands` -> :mod:`._common`. Nothing below
+imports this module.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ import tensorcask as tc
 
 from ._common import PROG, Handler, one_line, print_error
 from .history_commands import add_history_commands
+from .interop_commands import add_interop_commands
 from .purge_commands import add_purge_commands
 from .remote_commands import add_remote_commands
 from .repo_commands import add_maintenance_commands, add_repo_commands
+from .show_commands import add_show_commands
 from .stream_commands import add_stream_commands
 
 __all__ = ["main"]
@@ -36,6 +39,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,
     TypeError,
     OSError,  # includes PermissionError and FileNotFoundError
+    ImportError,  # an optional dependency missing: its message names what to install
 )
 
 
@@ -63,7 +67,9 @@ def _build_parser() -> argparse.ArgumentParser:
     # The order here is the order of the commands in --help.
     add_repo_commands(subs)  # init, status, log
     add_history_commands(subs)  # branch, tag, diff, merge
+    add_show_commands(subs)  # switch, show
     add_maintenance_commands(subs)  # summary, verify, gc, lock release
+    add_interop_commands(subs)  # import, export, verify-export
     add_remote_commands(subs)  # remote, push, fetch, clone
     add_stream_commands(subs)  # warm
     add_purge_commands(subs)  # purge, tombstones

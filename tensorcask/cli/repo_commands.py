@@ -9,8 +9,10 @@ help lists the history commands between the two groups.
 from __future__ import annotations
 
 import argparse
+import socket
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import tensorcask as tc
@@ -60,8 +62,17 @@ def cmd_init(args: argparse.Namespace) -> int:
     target = base_dir(args) / args.path
     repo = tc.init(target, user_name=args.user_name, user_email=args.user_email)
     try:
-        if not args.quiet:
-            config = repo.config
+        config = repo.config
+        if args.json:
+            print_json(
+                {
+                    "path": str(repo.path),
+                    "branch": repo.current_branch,
+                    "user_name": config.get("user_name"),
+                    "user_email": config.get("user_email"),
+                }
+            )
+        elif not args.quiet:
             out(
                 f"Initialized empty tensorcask repository in {repo.path} "
                 f"(author: {config.get('user_name')} <{config.get('user_email')}>)"
@@ -295,13 +306,48 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refusal(holder: dict[str, Any], lock_file: Path) -> str:
+    """Why ``lock release`` without --force leaves the lock of ``holder`` alone."""
+    who = _describe_holder(holder)
+    if holder.get("host") != socket.gethostname():
+        why = (
+            f"that host is not this one ({socket.gethostname()}), so whether the holder "
+            "is still alive cannot be checked from here"
+        )
+    else:
+        why = "that process is alive"
+    return (
+        f"the writer lock {lock_file} is held by {who} and {why}; let it finish or close its "
+        "checkout, or, if it is stuck or gone, run `tensorcask lock release --force` "
+        "(its later commits then fail)"
+    )
+
+
 def cmd_lock_release(args: argparse.Namespace) -> int:
-    """Force-release the writer lock."""
+    """Release the writer lock: at once when its holder is provably dead, else with --force."""
     with open_repo(args) as repo:
-        holder = repo.force_release_writer_lock()
-    if not args.quiet:
-        if holder:
-            out(f"released the writer lock held by {_describe_holder(holder)}")
+        if repo.read_only:
+            repo.force_release_writer_lock()  # raises ReadOnlyError, saying why
+        lock_file = repo.path / WRITER_LOCK_FILE
+        holder = read_holder(lock_file)
+        dead = holder_is_dead(holder)
+        if holder is not None and not dead and not args.force:
+            raise tc.WriterLockError(_refusal(holder, lock_file))
+        released = None
+        if holder is not None or args.force:
+            released = repo.force_release_writer_lock()
+    if args.json:
+        print_json(
+            {
+                "released": released is not None,
+                "holder": released,
+                "holder_dead": dead,
+                "forced": bool(args.force) and released is not None and not dead,
+            }
+        )
+    elif not args.quiet:
+        if released:
+            out(f"released the writer lock held by {_describe_holder(released)}")
         else:
             out("no writer lock was held")
     return 0
@@ -312,8 +358,10 @@ def cmd_lock_release(args: argparse.Namespace) -> int:
 
 def add_repo_commands(subs: Any) -> None:
     """Add ``init``, ``status`` and ``log`` to the subcommand parsers ``subs``."""
-    p = add_command(subs, "init", cmd_init, "create a repository")
-    p.add_argument("path", nargs="?", default=".", metavar="PATH")
+    p = add_command(subs, "init", cmd_init, "create a repository", True)
+    p.add_argument(
+        "path", nargs="?", default=".", metavar="PATH", help="where (default: here); new or empty"
+    )
     p.add_argument("--user-name", metavar="N", help="author name (default: git, then env)")
     p.add_argument("--user-email", metavar="E", help="author email (default: git, then env)")
 
@@ -321,7 +369,9 @@ def add_repo_commands(subs: Any) -> None:
 
     p = add_command(subs, "log", cmd_log, "show commit history", True)
     p.add_argument("ref", nargs="?", metavar="REF", help="branch, tag or commit (prefix)")
-    p.add_argument("-n", "--max-count", dest="limit", type=non_negative, metavar="LIMIT")
+    p.add_argument(
+        "-n", "--max-count", dest="limit", type=non_negative, metavar="LIMIT", help="at most LIMIT"
+    )
     p.add_argument("--oneline", action="store_true", help="short id and first line")
     p.add_argument("--graph", action="store_true", help="draw the commit graph (implies --oneline)")
 
@@ -339,6 +389,23 @@ def add_maintenance_commands(subs: Any) -> None:
 
     add_command(subs, "gc", cmd_gc, "remove unreferenced data", True)
 
-    lock = subs.add_parser("lock", help="writer lock maintenance", parents=[common_options(False)])
+    lock = subs.add_parser(
+        "lock",
+        help="writer lock maintenance",
+        description="writer lock maintenance",
+        parents=[common_options(False)],
+    )
     lock_subs = lock.add_subparsers(dest="lock_command", metavar="ACTION", required=True)
-    add_command(lock_subs, "release", cmd_lock_release, "force-release the writer lock")
+    p = add_command(
+        lock_subs,
+        "release",
+        cmd_lock_release,
+        "release the writer lock of a dead holder (a live one only with --force)",
+        True,
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="release it even while its holder lives (or runs on another host); "
+        "the holder's later commits then fail",
+    )
