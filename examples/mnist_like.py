@@ -20,7 +20,9 @@ def make_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_repository(path: Path, n: int) -> str:
-    """Commit ``n`` samples; return the commit id."""
+    """Create a repository at ``path`` and commit an image and a label for each of the keys
+    ``0..n-1`` (equal key sets, so a loader over both columns yields all ``n``); return the
+    commit id."""
     images, labels = make_data(n)
     repo = tc.init(path, user_name="Ada", user_email="ada@example.org")
     with repo.checkout(write=True) as co:

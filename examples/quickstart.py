@@ -1,9 +1,11 @@
 """Build a repository of MNIST-shaped data, commit, branch off history, and read it back.
 
-Run: ``python examples/quickstart.py [--path DIR] [--n 10000]``
+Run: ``python examples/quickstart.py [PATH] [--n 10000]``
 
-It prints the commit ids it made and shows that a read checkout pinned to a
-commit returns the same bytes after later commits change the branch.
+It creates the repository at ``PATH`` (a new, empty directory; default: a
+fresh temporary one) and prints where it is, the commit ids it made, and
+shows that a read checkout pinned to a commit returns the same bytes after
+later commits change the branch.
 """
 
 from __future__ import annotations
@@ -28,13 +30,17 @@ def make_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def main(argv: list[str] | None = None) -> None:
     """Run the walkthrough."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--path", type=Path, help="repository directory (default: a temp dir)")
+    parser.add_argument(
+        "path", nargs="?", type=Path, help="repository directory to create (default: a temp dir)"
+    )
+    parser.add_argument("--path", dest="path_option", type=Path, help="the same as PATH")
     parser.add_argument("--n", type=int, default=10_000, help="number of samples")
     args = parser.parse_args(argv)
-    path = args.path or Path(tempfile.mkdtemp()) / "mnist-repo"
+    path = args.path or args.path_option or Path(tempfile.mkdtemp()) / "mnist-repo"
 
     images, labels = make_data(args.n)
     repo = tc.init(path, user_name="Ada", user_email="ada@example.org")
+    print(f"repository: {path.absolute()}")
     with repo.checkout(write=True) as co:
         img_col = co.add_ndarray_column("images", shape=(28, 28), dtype="uint8")
         lbl_col = co.add_ndarray_column("labels", shape=(), dtype="int64")

@@ -1,13 +1,15 @@
 """Train a small PyTorch model from a pinned commit of a tensorcask repository.
 
-Run: ``python examples/train_torch.py [--path DIR] [--n 6000] [--epochs 3] [--workers 2]``
+Run: ``python examples/train_torch.py [PATH] [--n 6000] [--epochs 3] [--workers 2]``
 
-It builds a repository of MNIST-shaped data (uint8 28x28 images of ten noisy
-class prototypes, int64 labels), commits it, then trains a small network for
-a few epochs with a standard ``DataLoader`` over ``repo_dataset(...,
-commit=...)``. It prints the commit id the run is pinned to and the loss per
-epoch: the same commit id gives the same bytes, in the same order for the
-same seed, on any machine.
+It builds a repository of MNIST-shaped data at ``PATH`` (a new, empty
+directory; default: a fresh temporary one) with an image and a label for each
+of ``n`` keys (uint8 28x28 images of ten noisy class prototypes, int64
+labels), commits it, then trains a small network for a few epochs with a
+standard ``DataLoader`` over ``repo_dataset(..., commit=...)``. It prints the
+commit id the run is pinned to, how many samples it trains on (all ``n``),
+where the repository is, and the loss per epoch: the same commit id gives the
+same bytes, in the same order for the same seed, on any machine.
 """
 
 from __future__ import annotations
@@ -27,16 +29,20 @@ from tensorcask.loaders.torch import repo_dataset
 def main(argv: list[str] | None = None) -> None:
     """Build, commit, train."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--path", type=Path, help="repository directory (default: a temp dir)")
+    parser.add_argument(
+        "path", nargs="?", type=Path, help="repository directory to create (default: a temp dir)"
+    )
+    parser.add_argument("--path", dest="path_option", type=Path, help="the same as PATH")
     parser.add_argument("--n", type=int, default=6000, help="number of samples")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     args = parser.parse_args(argv)
-    path = args.path or Path(tempfile.mkdtemp()) / "mnist-repo"
+    path = args.path or args.path_option or Path(tempfile.mkdtemp()) / "mnist-repo"
 
     commit = build_repository(path, args.n)
     dataset = repo_dataset(path, ["images", "labels"], commit=commit)
     print(f"training from commit {dataset.commit} ({len(dataset)} samples)")
+    print(f"repository: {path.absolute()}")
 
     torch.manual_seed(0)
     loader = DataLoader(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,7 @@ def test_quickstart_example_runs(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+    assert f"repository: {tmp_path / 'r'}" in result.stdout.splitlines()
     assert "still reads the original bytes" in result.stdout
     assert ": ok" in result.stdout  # the full verification passed
 
@@ -60,20 +63,48 @@ def test_mypy_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def python_blocks(page: Path) -> list[tuple[int, str]]:
+    """The ```python blocks of a markdown page: (line of the block's first line, code)."""
+    text = page.read_text()
+    return [
+        (text.count("\n", 0, m.start(1)) + 1, m.group(1))
+        for m in re.finditer(r"^```python\n(.*?)^```", text, re.DOTALL | re.MULTILINE)
+    ]
+
+
+def run_python_blocks(page: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Run a page's python blocks in order in one namespace, in ``workdir`` (blocks share
+    state, as a reader runs them); return how many ran. Tracebacks point at the page's
+    lines. A loader that leaves samples out (columns with different key sets) is an
+    error unless the page catches the warning itself."""
+    blocks = python_blocks(page)
+    monkeypatch.chdir(workdir)
+    namespace: dict[str, object] = {"__name__": "__main__"}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "the columns hold different keys", UserWarning)
+        for line, block in blocks:
+            code = compile("\n" * (line - 1) + block, str(page), "exec")
+            exec(code, namespace)
+    return len(blocks)
+
+
 def test_readme_python_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    text = (ROOT / "README.md").read_text()
-    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
-    assert blocks, "the README should show the API"
-    monkeypatch.chdir(tmp_path)
-    namespace: dict[str, object] = {}
-    for block in blocks:
-        exec(compile(block, "README.md", "exec"), namespace)
+    assert run_python_blocks(ROOT / "README.md", tmp_path, monkeypatch), "show the API"
 
 
-def _trained_losses(script: str, tmp_path: Path, *args: str) -> list[float]:
-    """Run a training example on a small repository; return its loss per epoch."""
+def test_guide_python_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/guide.md runs top to bottom in an empty directory, offline (a file:// remote)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("tensorflow")
+    assert run_python_blocks(ROOT / "docs" / "guide.md", tmp_path, monkeypatch) >= 20
+
+
+def _trained_losses(script: str, tmp_path: Path, n: int, *args: str) -> list[float]:
+    """Run a training example on a small repository of ``n`` samples (the repository
+    path given as the positional PATH); return its loss per epoch."""
+    path = tmp_path / "r"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / script), "--path", str(tmp_path / "r"), *args],
+        [sys.executable, str(ROOT / "examples" / script), str(path), "--n", str(n), *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -82,18 +113,19 @@ def _trained_losses(script: str, tmp_path: Path, *args: str) -> list[float]:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("training from commit ")
+    assert f"({n} samples" in lines[0]  # it trains on every sample it wrote
+    assert "different keys" not in result.stderr  # no loader warning of left-out samples
+    assert f"repository: {path}" in lines and (path / "TENSORCASK").exists()
     return [float(line.split("loss ")[1].split()[0]) for line in lines if "loss" in line]
 
 
 def test_train_torch_example_runs(tmp_path: Path) -> None:
     pytest.importorskip("torch")
-    losses = _trained_losses(
-        "train_torch.py", tmp_path, "--n", "600", "--epochs", "2", "--workers", "1"
-    )
+    losses = _trained_losses("train_torch.py", tmp_path, 600, "--epochs", "2", "--workers", "1")
     assert len(losses) == 2 and losses[1] < losses[0]  # it learns
 
 
 def test_train_tf_example_runs(tmp_path: Path) -> None:
     pytest.importorskip("tensorflow")
-    losses = _trained_losses("train_tf.py", tmp_path, "--n", "600", "--epochs", "2")
+    losses = _trained_losses("train_tf.py", tmp_path, 600, "--epochs", "2")
     assert len(losses) == 2 and losses[1] < losses[0]
