@@ -461,11 +461,12 @@ class RecordTree:
             return self._rebuild_level(root, height, level, edits), True
         out: dict[bytes, bytes | None] = {}
         i, n = 0, len(edits)
+        # Every level's last page ends with the tree's largest key (an inner page's
+        # keys are its children's last keys), which the root's last key is.
+        largest = self.node(root).last_key()
         while i < n:
             node = self._locate(root, level, edits[i][0])
-            j = self._patchable(
-                node, edits, i, last_page=self._next(root, level, node.last_key()) is None
-            )
+            j = self._patchable(node, edits, i, last_page=node.last_key() == largest)
             if j > i:  # only new values for existing keys: patch the page in place
                 out[node.last_key()] = self._patch(node, edits[i:j])
                 i = j
