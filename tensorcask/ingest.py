@@ -115,7 +115,9 @@ class PartWriter:
         keys = keys if isinstance(keys, np.ndarray) else list(keys)
         raw_keys = encode_keys(keys)
         schema = ColumnSchema.from_dict(self.schema)
-        payloads, digests = prepare_batch(schema, values, len(raw_keys), self.column)
+        # Part writers run side by side (processes, threads): each hashes on its own
+        # thread, as more hashing threads per writer only contend for the same cores.
+        payloads, digests = prepare_batch(schema, values, len(raw_keys), self.column, threads=False)
         parts, store = _opened(self.path)
         if parts.db.identity != self.repository:
             raise CaskError(

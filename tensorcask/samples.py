@@ -92,9 +92,11 @@ def prepare_one(
 
 
 def prepare_batch(
-    schema: ColumnSchema, batch: Any, n: int, column: str
+    schema: ColumnSchema, batch: Any, n: int, column: str, *, threads: bool = True
 ) -> tuple[np.ndarray | list[Payload], list[Digest]]:
     """Validate ``n`` values; return payloads (a stacked array when possible) and digests.
+
+    ``threads=False`` hashes on the calling thread only (see :func:`stacked_digests`).
 
     A fixed-shape ndarray column given an array with a leading batch axis
     takes the fast path: one dtype/shape check, then one hash per row over a
@@ -118,7 +120,7 @@ def prepare_batch(
                 f"is {_shape_str(schema.shape)}"
             )
         stacked = canonical_array(batch)
-        return stacked, stacked_digests(stacked)
+        return stacked, stacked_digests(stacked, threads=threads)
     if isinstance(batch, np.ndarray) and schema.kind == "ndarray":
         batch = list(batch)
     if not isinstance(batch, Sequence) or isinstance(batch, str | bytes):
@@ -136,12 +138,14 @@ def prepare_batch(
     return payloads, digests
 
 
-def stacked_digests(stacked: np.ndarray) -> list[Digest]:
+def stacked_digests(stacked: np.ndarray, *, threads: bool = True) -> list[Digest]:
     """Digest of every row of a C-contiguous, canonical batch.
 
     Rows of 1, 2, 4 or 8 bytes (labels, scalars) are hashed once per
     distinct value; rows of :data:`_PARALLEL_ROW_BYTES` or more are hashed
-    on every core (hashlib releases the GIL for them).
+    on every core (hashlib releases the GIL for them), unless ``threads`` is
+    False: a caller that is one of several processes (or threads) already
+    keeping the cores busy, where more threads only contend.
     """
     n = stacked.shape[0]
     if n == 0:
@@ -158,7 +162,7 @@ def stacked_digests(stacked: np.ndarray) -> list[Digest]:
             distinct = _hash_rows(base, memoryview(values.view(np.uint8)), step)  # type: ignore[arg-type]
             return [distinct[i] for i in inverse.tolist()]
     view = memoryview(stacked.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
-    if step >= _PARALLEL_ROW_BYTES and n >= 2 * _threads():
+    if threads and step >= _PARALLEL_ROW_BYTES and n >= 2 * _threads():
         parts = np.array_split(np.arange(n), _threads())
         pool = _pool()
         chunks = pool.map(
