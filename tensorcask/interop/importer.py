@@ -270,12 +270,13 @@ def _import(
     progress: Progress | None,
     overwrite: bool,
 ) -> ImportResult:
-    created = False
+    fresh: set[str] = set()  # the columns this import creates
     columns: dict[str, Column] = {}
     for spec in specs:
         existing = co.columns.get(spec.name)
         if existing is None:
-            existing, created = _create(co, spec), True
+            existing = _create(co, spec)
+            fresh.add(spec.name)
         columns[spec.name] = existing
     counts = dict.fromkeys(columns, 0)
     samples = nbytes = 0
@@ -294,9 +295,15 @@ def _import(
             progress("import samples", samples, total)
     if progress is not None:
         progress("commit", 0, None)
-    staged = co.diff()
-    added = sum(len(change.added) for change in staged.columns.values())
-    changed = {name: len(c.changed) for name, c in staged.columns.items() if c.changed}
+    if all(spec.name in fresh for spec in specs):
+        # Every column is new: all its samples are added, nothing is changed, and
+        # there is no need to build the staged trees to find out.
+        staged = None
+        added, changed = sum(len(column) for column in columns.values()), {}
+    else:
+        staged = co.diff()
+        added = sum(len(change.added) for change in staged.columns.values())
+        changed = {name: len(c.changed) for name, c in staged.columns.items() if c.changed}
     if changed and not overwrite:
         counts_text = ", ".join(f"{n:,} of column {name!r}" for name, n in changed.items())
         raise CaskError(
@@ -308,7 +315,7 @@ def _import(
     result = ImportResult(
         "", False, src.description, counts, samples, nbytes, added, sum(changed.values())
     )
-    if created or staged:
+    if fresh or staged:
         commit = co.commit(message if message is not None else f"import {src.description}")
         return dataclasses.replace(result, commit=commit, committed=True)
     co.reset_staging_area()  # records equal to the head's: nothing to commit
