@@ -345,6 +345,16 @@ class Column:
             raise KeyError(f"key {key!r} is not in column {self.name!r}")
         return digest.hex()
 
+    def digests(self, keys: Sequence[Key] | np.ndarray) -> list[str | None]:
+        """Hex content digests of the samples under ``keys``, None for a key the column
+        does not hold (on a write checkout: staged changes included).
+
+        One lookup for the whole batch; what :meth:`digest` gives key by key.
+        """
+        self._co.check_open()
+        raw = encode_keys(keys.tolist() if isinstance(keys, np.ndarray) else list(keys))
+        return [None if d is None else d.hex() for d in self._digests_of(raw)]
+
     def __contains__(self, key: object) -> bool:
         self._co.check_open()
         try:

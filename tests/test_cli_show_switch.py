@@ -391,6 +391,23 @@ def test_lock_release_of_a_dead_holder(path: Path, capsys: pytest.CaptureFixture
         assert _lock_is_free(path)
 
 
+def test_lock_release_never_breaks_a_lock_taken_since_its_holder_was_read(
+    path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The holder record names a dead process, but the lock is held (a writer took it
+    over between the look and the release): the release is refused, the lock stays."""
+    with tc.Repository(path) as repo, repo.checkout(write=True) as co:
+        dead = _dead_pid()
+        with open(path / WRITER_LOCK_FILE, "r+") as f:  # the record, not the flock, is stale
+            f.truncate(0)
+            f.write(json.dumps({"pid": dead, "host": socket.gethostname(), "since": "x"}))
+        message = cli_error(capsys, path, "lock", "release")
+        assert f"pid {dead}" in message and "--force" in message
+        # still the writer: its lock was not broken
+        co.add_ndarray_column("x", shape=(), dtype="int64").update([0], np.zeros(1, np.int64))
+        co.commit("still the writer")
+
+
 def test_lock_release_of_a_holder_on_another_host(
     path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

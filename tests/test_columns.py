@@ -750,3 +750,19 @@ def test_zstd_column_stores_less_and_reads_back_in_a_fresh_process(repo, tmp_pat
     assert int(out.stdout.strip()) == int(images.astype(np.int64).sum() + (images[0] + 1).sum())
     with repo.checkout(commit=cid) as rc:
         assert np.array_equal(rc["packed"].get_many(np.arange(500)), images)
+
+
+def test_digests_of_many_keys_match_digest_and_see_staged_changes(repo):
+    with repo.checkout(write=True) as co:
+        col = co.add_ndarray_column("x", shape=(2,), dtype="int32")
+        col.update(np.arange(4), np.arange(8, dtype=np.int32).reshape(4, 2))
+        co.commit("four")
+        col[1] = np.array([9, 9], np.int32)  # buffered: digests() sees it
+        del col[2]
+        got = col.digests([0, 1, 2, 3, 7])
+        assert got[0] == col.digest(0) and got[1] == col.digest(1) and got[3] == col.digest(3)
+        assert got[2] is None and got[4] is None
+        assert col.digests(np.array([3, 0])) == [col.digest(3), col.digest(0)]
+    with repo.checkout() as rc:
+        assert rc["x"].digests([1, 2]) == [rc["x"].digest(1), rc["x"].digest(2)]
+        assert rc["x"].digests([]) == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import socket
+import warnings
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import tensorcask as tc
 from tensorcask.graph import display_order, render_graph
 from tensorcask.layout import WRITER_LOCK_FILE
-from tensorcask.storage.lock import holder_is_dead, read_holder
+from tensorcask.storage.lock import WriterLock, holder_is_dead, read_holder
 
 from ._common import (
     SHORT_ID,
@@ -323,6 +324,27 @@ def _refusal(holder: dict[str, Any], lock_file: Path) -> str:
     )
 
 
+def _release_dead(lock_file: Path, holder: dict[str, Any]) -> dict[str, Any]:
+    """Clear the lock of a holder found dead by taking the lock and letting it go: if
+    a new writer took it over meanwhile, taking it fails and its lock stays."""
+    probe = WriterLock(lock_file)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # "taken over": what we want
+            probe.acquire("lock release")
+    except tc.WriterLockError:
+        now = read_holder(lock_file)
+        if now is not None and not holder_is_dead(now):
+            raise tc.WriterLockError(_refusal(now, lock_file)) from None
+        raise tc.WriterLockError(
+            f"the writer lock {lock_file} names {_describe_holder(holder)}, which is gone, "
+            "but the lock itself is held: another process took it since; let it finish, or "
+            "run `tensorcask lock release --force` if it is stuck"
+        ) from None
+    probe.release()
+    return holder
+
+
 def cmd_lock_release(args: argparse.Namespace) -> int:
     """Release the writer lock: at once when its holder is provably dead, else with --force."""
     with open_repo(args) as repo:
@@ -334,8 +356,10 @@ def cmd_lock_release(args: argparse.Namespace) -> int:
         if holder is not None and not dead and not args.force:
             raise tc.WriterLockError(_refusal(holder, lock_file))
         released = None
-        if holder is not None or args.force:
+        if args.force:
             released = repo.force_release_writer_lock()
+        elif holder is not None:
+            released = _release_dead(lock_file, holder)
     if args.json:
         print_json(
             {

@@ -10,10 +10,14 @@ source's schema (or must fit the existing column's), every batch goes to
 
 Rules
 -----
-* Idempotent: re-importing the same data stages records that equal the
-  commit's (content addressing stores nothing twice); when the staged
-  changes differ in nothing, no commit is made and the result names the
-  unchanged head (``committed=False``).
+* Only what is new is staged: into a column that exists, each batch is
+  hashed and compared with what the branch holds under its keys
+  (``Column.digests``), and only missing keys are staged. Re-importing the
+  same data stages nothing, and no commit is made (``committed=False``, the
+  result names the unchanged head).
+* Nothing is silently replaced: samples whose content differs from what the
+  branch holds under the same key are counted, and the import is refused
+  unless ``overwrite=True``; then they are staged too.
 * All or nothing: an error (a bad value, a damaged file, an interrupt)
   drops everything the import staged, so nothing is committed or left
   staged.
@@ -46,6 +50,7 @@ from ..columns import Column
 from ..errors import CaskError, SchemaError
 from ..hashing import canonical_dtype
 from ..repository import Repository
+from ..samples import prepare_batch
 from .source import Batch, ColumnSpec, Source
 from .util import Progress, is_url
 
@@ -269,6 +274,7 @@ def _import(
     message: str | None,
     progress: Progress | None,
     overwrite: bool,
+    leftovers: bool,
 ) -> ImportResult:
     fresh: set[str] = set()  # the columns this import creates
     columns: dict[str, Column] = {}
@@ -279,31 +285,35 @@ def _import(
             fresh.add(spec.name)
         columns[spec.name] = existing
     counts = dict.fromkeys(columns, 0)
-    samples = nbytes = 0
+    samples = nbytes = added = 0
+    changed: dict[str, int] = {}
+    wrote = bool(fresh) or leftovers  # a commit is due (a new column is a change)
     total, total_bytes = src.total_samples(), src.total_bytes()
     for batch in src.batches():
         column = columns.get(batch.column)
         if column is None:
             raise KeyError(f"{src.description} sent a batch for {batch.column!r}, not a column")
-        column.update(batch.keys, batch.values)
         n = len(batch.keys)
+        if batch.column in fresh:
+            column.update(batch.keys, batch.values)
+            added += n
+        else:
+            # Stage only what the column does not hold already: an unchanged re-import
+            # stages nothing, and changed samples are found without building trees.
+            new, differ = _against_held(column, batch)
+            added += len(new)
+            if differ:
+                changed[batch.column] = changed.get(batch.column, 0) + len(differ)
+            rows = sorted(new + differ) if overwrite else new
+            if rows:
+                column.update(*_subset(batch, rows))
+                wrote = True
         counts[batch.column] += n
         samples += n
         nbytes += batch.nbytes
         if progress is not None:
             progress("import bytes", nbytes, total_bytes)
             progress("import samples", samples, total)
-    if progress is not None:
-        progress("commit", 0, None)
-    if all(spec.name in fresh for spec in specs):
-        # Every column is new: all its samples are added, nothing is changed, and
-        # there is no need to build the staged trees to find out.
-        staged = None
-        added, changed = sum(len(column) for column in columns.values()), {}
-    else:
-        staged = co.diff()
-        added = sum(len(change.added) for change in staged.columns.values())
-        changed = {name: len(c.changed) for name, c in staged.columns.items() if c.changed}
     if changed and not overwrite:
         counts_text = ", ".join(f"{n:,} of column {name!r}" for name, n in changed.items())
         raise CaskError(
@@ -315,12 +325,40 @@ def _import(
     result = ImportResult(
         "", False, src.description, counts, samples, nbytes, added, sum(changed.values())
     )
-    if fresh or staged:
+    if wrote:
+        if progress is not None:
+            progress("commit", 0, None)
         commit = co.commit(message if message is not None else f"import {src.description}")
         return dataclasses.replace(result, commit=commit, committed=True)
-    co.reset_staging_area()  # records equal to the head's: nothing to commit
-    assert co.commit_id is not None
+    assert co.commit_id is not None  # nothing new: the head stays
     return dataclasses.replace(result, commit=co.commit_id)
+
+
+def _against_held(column: Column, batch: Batch) -> tuple[list[int], list[int]]:
+    """Rows of ``batch`` whose key ``column`` lacks, and rows whose content differs from
+    what it holds (validated and hashed here, as ``update`` would)."""
+    _, digests = prepare_batch(column.schema, batch.values, len(batch.keys), column.name)
+    held = column.digests(batch.keys)
+    new = [i for i, h in enumerate(held) if h is None]
+    differ = [
+        i
+        for i, (h, digest) in enumerate(zip(held, digests, strict=True))
+        if h is not None and h != digest.hex()
+    ]
+    return new, differ
+
+
+def _subset(batch: Batch, rows: list[int]) -> tuple[Any, Any]:
+    """Keys and values of ``rows`` of ``batch``."""
+    if len(rows) == len(batch.keys):
+        return batch.keys, batch.values
+    keys, values = batch.keys, batch.values
+    chosen_keys = (
+        keys[np.asarray(rows)] if isinstance(keys, np.ndarray) else [keys[i] for i in rows]
+    )
+    if isinstance(values, np.ndarray):
+        return chosen_keys, values[np.asarray(rows)]
+    return chosen_keys, [values[i] for i in rows]
 
 
 def import_source(
@@ -423,10 +461,11 @@ def import_source(
             stack.callback(_switch_back, repo, current)
         co = stack.enter_context(repo.checkout(write=True, branch=branch))
         _check_schemas(co, specs, src.description)
-        if repo.staged_branch is not None:
+        leftovers = repo.staged_branch is not None
+        if leftovers:
             _check_leftovers(co, src, specs, progress)
         try:
-            result = _import(co, src, specs, message, progress, overwrite)
+            result = _import(co, src, specs, message, progress, overwrite, leftovers)
         except BaseException:
             _drop_staged(co)
             raise

@@ -485,3 +485,19 @@ def test_an_import_killed_midway_reruns_to_exactly_the_data_once(
     with repo.checkout() as co:
         assert len(co["images"]) == 60 and len(co["labels"]) == 60
         np.testing.assert_array_equal(co["images"].get_many(list(range(60))), images)
+
+
+def test_an_import_stages_only_what_the_branch_does_not_hold(
+    repo: tc.Repository, tmp_path: Path
+) -> None:
+    images = _images(10)
+    np.save(tmp_path / "first.npy", images[:6])
+    import_source(repo, tmp_path / "first.npy", column="images")
+    np.save(tmp_path / "all.npy", images)  # keys 0..5 unchanged, 6..9 new
+    res = import_source(repo, tmp_path / "all.npy", column="images")
+    assert res.committed and (res.added, res.changed) == (4, 0)
+    diff = repo.diff(repo.log()[1].id, res.commit)
+    assert diff.columns["images"].added == {6, 7, 8, 9} and not diff.columns["images"].changed
+    again = import_source(repo, tmp_path / "all.npy", column="images")
+    assert not again.committed and (again.added, again.changed) == (0, 0)
+    assert repo.staged_branch is None and len(repo.log()) == 2
