@@ -126,8 +126,15 @@ def verify_repository(
     tombstones = parts.store.tombstones(fresh=True)
 
     def leaf(column: str, schema: ColumnSchema, page: Node) -> None:
+        values = page.values()
+        if not tombstones.active:
+            fresh = set(values).difference(seen)
+            if len(fresh) == len(values):  # the usual case: no per-sample work
+                seen.update(fresh)
+                checker.add(column, schema, page.keys, values)
+                return
         todo_keys, todo_digests = [], []
-        for raw_key, digest in zip(page.keys, page.values(), strict=True):
+        for raw_key, digest in zip(page.keys, values, strict=True):
             if tombstones.active and tombstones.find(column, raw_key, digest) is not None:
                 report.purged += 1
             elif digest not in seen:
