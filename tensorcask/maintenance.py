@@ -179,7 +179,8 @@ def _verify_index(parts: RepositoryParts, report: VerifyReport) -> None:
 class _SampleChecker:
     """Finds every sample's bytes, and with ``full`` re-reads and re-hashes them.
 
-    Samples are located a page at a time. Full checks are gathered and run in
+    Samples are located :data:`LOOKUP_BATCH` at a time (pages are queued whole).
+    Full checks are gathered and run in
     storage order (by backend, segment and offset), so that each stored chunk
     is read from disk once; equal-shape memmap rows are read and hashed in
     batches, like a loader reads them.
