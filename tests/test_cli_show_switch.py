@@ -181,6 +181,12 @@ def test_show_out_writes_each_kind(path: Path, capsys: pytest.CaptureFixture[str
     code, out, _ = cli(capsys, path, "show", "main", "captions", "a", "--out", "a.txt", "--json")
     assert json.loads(out)["out"] == str(path / "a.txt")
     assert (path / "a.txt").read_text(encoding="utf-8") == "a cat\non two lines"
+    # an existing file is replaced only with --force
+    message = cli_error(capsys, path, "show", "main", "blobs", "0", "--out", "a.txt")
+    assert "a.txt exists" in message and "--force" in message
+    assert (path / "a.txt").read_text(encoding="utf-8") == "a cat\non two lines"
+    cli(capsys, path, "show", "main", "blobs", "0", "--out", "a.txt", "--force")
+    assert (path / "a.txt").read_bytes() == BLOB
 
 
 def test_show_reads_committed_data_at_the_ref(

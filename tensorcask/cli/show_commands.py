@@ -13,6 +13,7 @@ import argparse
 import base64
 import json
 import math
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -159,14 +160,23 @@ def _print_value(value: Value, full: bool) -> None:
 # -- show: writing and JSON -----------------------------------------------------------
 
 
-def _write(value: Value, path: Path) -> None:
-    if isinstance(value, np.ndarray):
-        with path.open("wb") as f:
-            np.save(f, value, allow_pickle=False)
-    elif isinstance(value, str):
-        path.write_text(value, encoding="utf-8")
-    else:
-        path.write_bytes(value)
+def _write(value: Value, path: Path, *, force: bool) -> None:
+    """Write the sample to ``path`` whole (a temporary file beside it, then renamed),
+    never over an existing file unless ``force``."""
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} exists; pass --force to replace it")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if isinstance(value, np.ndarray):
+            with tmp.open("wb") as f:
+                np.save(f, value, allow_pickle=False)
+        elif isinstance(value, str):
+            tmp.write_text(value, encoding="utf-8")
+        else:
+            tmp.write_bytes(value)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _finite(item: Any) -> Any:
@@ -251,7 +261,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             value: Value = column[key]
     target = None if args.out is None else (base_dir(args) / args.out).resolve()
     if target is not None:
-        _write(value, target)
+        _write(value, target, force=args.force)
     if args.json:
         doc = _show_doc(args, commit, key, kind, value, digest)
         if target is not None:
@@ -326,6 +336,7 @@ def add_show_commands(subs: Any) -> None:
         metavar="FILE",
         help="write the sample to FILE (.npy for arrays, raw bytes, UTF-8 text)",
     )
+    p.add_argument("--force", action="store_true", help="with --out: replace FILE if it exists")
     p.add_argument(
         "--full",
         action="store_true",
