@@ -107,12 +107,15 @@ def open_source(
 ) -> Source:
     """Open ``source`` as the :class:`~.source.Source` its form names.
 
-    A URL (``s3://``, ``memory://``, ``file://``, ...) is a Zarr store; a
-    local folder is a Zarr store when it holds ``zarr.json``, ``.zgroup`` or
-    ``.zarray`` (or is named ``*.zarr``), else an image folder; a file is
-    read by its suffix. See :func:`import_source` for the options.
+    A URL (``s3://``, ``memory://``, ...) is a Zarr store; a ``file://`` URL
+    is read as the local path it names; a local folder is a Zarr store when it
+    holds ``zarr.json``, ``.zgroup`` or ``.zarray`` (or is named ``*.zarr``),
+    else an image folder; a file is read by its suffix. See
+    :func:`import_source` for the options.
     """
     text = os.fspath(source)
+    if text.startswith("file://"):
+        text = url2pathname(urlsplit(text).path)
     if is_url(text):
         if Path(text.rstrip("/")).suffix.lower() in (".npy", ".npz", *HDF5_SUFFIXES):
             raise ValueError(
@@ -434,8 +437,6 @@ def import_source(
     >>> res.columns  # doctest: +SKIP
     {'images': 60000, 'labels': 60000}
     """
-    if isinstance(source, str) and source.startswith("file://"):
-        source = url2pathname(urlsplit(source).path)  # a local path: read as one
     with ExitStack() as stack:
         if isinstance(source, Source):
             src, shown = source, source.description
