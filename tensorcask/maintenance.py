@@ -379,11 +379,10 @@ def _remove_dead_segments(
     store: ContentStore, live_segments: set[tuple[str, int]], report: GCReport
 ) -> None:
     for backend in store.all_backends():
-        for segment in backend.segments():
-            if (backend.name, segment) not in live_segments:
-                report.bytes_freed += _segment_size(backend.root, segment)
-                backend.remove_segment(segment)
-                report.segments += 1
+        dead = [s for s in backend.segments() if (backend.name, s) not in live_segments]
+        report.bytes_freed += sum(_segment_size(backend.root, segment) for segment in dead)
+        backend.remove_segments(dead)
+        report.segments += len(dead)
 
 
 def _segment_size(root: object, segment: int) -> int:

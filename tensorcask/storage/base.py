@@ -379,7 +379,14 @@ class Backend(ABC):
 
     @abstractmethod
     def remove_segment(self, segment: int) -> None:
-        """Delete a whole segment (garbage collection of unreferenced data)."""
+        """Delete a whole segment (garbage collection of unreferenced data), so that no
+        file of this backend keeps its payloads' bytes."""
+
+    def remove_segments(self, segments: Sequence[int]) -> None:
+        """:meth:`remove_segment` for each of ``segments`` (a backend that clears freed
+        space after a removal does it once for all of them)."""
+        for segment in segments:
+            self.remove_segment(segment)
 
     @abstractmethod
     def scrub(self, locations: Sequence[Location]) -> int:

@@ -304,6 +304,14 @@ class HDF5Backend(Backend):
         try:
             return self._read_durable(opened, location)
         except CorruptionError as damage:
+            if self._replaced(opened):
+                # A scrub (gc, purge) by another handle of this process rewrote the
+                # file since we opened it: our chunk map is the old file's.
+                with self._readers_lock:
+                    if self._readers.get(location.segment) is opened:
+                        self._forget(location.segment)
+                fresh = self._dataset(location.segment, location.offset + _element_count(location))
+                return self._read_durable(fresh, location)
             # A writer elsewhere may have moved a chunk (a compressed chunk
             # that grew): look its place up afresh before calling it damaged.
             try:
@@ -312,6 +320,14 @@ class HDF5Backend(Backend):
                 raise damage from None
             opened.length = opened.data.shape[0]
             return self._read_durable(opened, location)
+
+    def _replaced(self, opened: _Open) -> bool:
+        """Whether the file at ``opened``'s path is no longer the one it has open."""
+        try:
+            held = os.fstat(opened.file.id.get_vfd_handle()).st_ino
+            return held != os.stat(self._files.path(opened.number)).st_ino
+        except (OSError, ValueError, RuntimeError):
+            return False  # cannot tell: treated as not replaced
 
     def _read_durable(self, opened: _Open, location: Location) -> Payload:
         path = self._files.path(location.segment)

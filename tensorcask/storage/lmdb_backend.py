@@ -300,15 +300,28 @@ class LMDBBackend(Backend):
         return done
 
     def remove_segment(self, segment: int) -> None:
-        """Delete every payload of a segment in one write transaction."""
+        """Delete every payload of a segment; see :meth:`remove_segments`."""
+        self.remove_segments([segment])
+
+    def remove_segments(self, segments: Sequence[int]) -> None:
+        """Delete every payload of ``segments`` in one write transaction, zeroing each
+        first and then the free pages (as :meth:`scrub` does): the bytes of content
+        ``gc`` drops must not stay in the file, where a later purge of that content
+        could no longer find them."""
         if not self.writable:
             raise ReadOnlyError(f"lmdb backend {self.root} is read-only; cannot remove segments")
+        if not segments:
+            return
         shared = self._handle()
-        prefix = _SEGMENT.pack(segment)
         with shared.env.begin(write=True, db=shared.data) as txn:
             cursor = txn.cursor()
-            if cursor.set_range(prefix):
-                while cursor.key()[:4] == prefix and cursor.delete():
-                    pass
-        if segment == self._segment:
+            for segment in segments:
+                prefix = _SEGMENT.pack(segment)
+                found = cursor.set_range(prefix)
+                while found and cursor.key()[:4] == prefix:
+                    cursor.put(cursor.key(), bytes(len(cursor.value())))
+                    found = cursor.delete()
+        shared.env.sync(True)
+        scrub_free_pages(shared.env)
+        if self._segment in segments:
             self.seal()
